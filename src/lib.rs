@@ -1,8 +1,23 @@
 //! wsedge: a thread-per-core WebSocket reverse proxy for Linux edge hosts.
 //!
 //! The crate is split the way the data flows: [`proto`] is the sans-IO
-//! protocol core (frames, masking, UTF-8, close codes, handshake); the proxy
-//! engine builds on it.
+//! protocol core (frames, masking, UTF-8, close codes, handshake);
+//! [`session`] takes one client through the handshake and hands it to
+//! [`relay`], which moves frames both ways in pooled buffers; [`worker`]
+//! runs one monoio runtime per core; [`server`] starts and stops them from a
+//! [`config::Config`].
 #![warn(missing_docs)]
 
+pub mod config;
+pub mod echo;
+pub mod listener;
+pub mod pool;
 pub mod proto;
+pub mod relay;
+pub mod server;
+pub mod session;
+pub mod stats;
+pub mod transport;
+pub mod worker;
+
+mod sys;

@@ -1,1 +1,116 @@
-fn main() {}
+//! The `wsedge` binary: arguments → configuration → workers.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use wsedge::config::{Config, DEFAULT_CONFIG, IoDriver};
+use wsedge::server::{self, Server};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// A thread-per-core WebSocket reverse proxy.
+///
+/// With no arguments, listens on 127.0.0.1:8080 and proxies every path to a
+/// built-in echo server.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Configuration file (TOML). See docs/configuration.md.
+    #[arg(long, short, value_name = "FILE", conflicts_with_all = ["listen", "upstream"])]
+    config: Option<PathBuf>,
+    /// Check a configuration file and exit (0: valid, 1: not).
+    #[arg(long, value_name = "FILE")]
+    check_config: Option<PathBuf>,
+    /// Print the embedded default configuration and exit.
+    #[arg(long)]
+    print_default_config: bool,
+    /// Listen on this address (repeatable). Without --config.
+    #[arg(long, value_name = "ADDR")]
+    listen: Vec<SocketAddr>,
+    /// Proxy every path to this backend (repeatable: round-robin). Without --config.
+    #[arg(long, value_name = "ADDR")]
+    upstream: Vec<String>,
+    /// Worker threads (default: the CPUs this process may run on).
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// io driver: auto (io_uring, else epoll), uring or epoll.
+    #[arg(long, value_name = "DRIVER")]
+    io_driver: Option<IoDriver>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.print_default_config {
+        print!("{DEFAULT_CONFIG}");
+        return ExitCode::SUCCESS;
+    }
+    if let Some(path) = &args.check_config {
+        return match Config::load(path) {
+            Ok(_) => {
+                println!("{}: ok", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WSEDGE_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_thread_names(true)
+        .init();
+
+    let loaded = match &args.config {
+        Some(path) => Config::load(path),
+        None if args.listen.is_empty() && args.upstream.is_empty() => {
+            Ok(Config::embedded_default())
+        }
+        None => Config::from_args(&args.listen, &args.upstream),
+    };
+    let mut config = match loaded {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("wsedge: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(n) = args.workers {
+        config.workers = n;
+    }
+    if let Some(d) = args.io_driver {
+        config.io_driver = d;
+    }
+    let uses_echo = config.uses_builtin_echo();
+
+    server::block_shutdown_signals();
+    let server = match Server::start(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("wsedge: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for addr in &server.addrs {
+        tracing::info!(
+            "listening on ws://{addr}/ with {} workers",
+            server.drivers.len()
+        );
+        if uses_echo {
+            tracing::info!(
+                "every path goes to the built-in echo server; try: python3 -m websockets ws://{addr}/ (or any WebSocket client)"
+            );
+        }
+    }
+    let sig = server::wait_for_shutdown_signal();
+    tracing::info!(signal = sig, "shutting down: closing connections with 1001");
+    server.shutdown();
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}

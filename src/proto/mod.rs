@@ -12,4 +12,5 @@ pub mod frame;
 pub mod handshake;
 pub mod mask;
 pub mod message;
+pub mod token;
 pub mod utf8;

@@ -1,0 +1,744 @@
+//! Configuration: the TOML file (or the command line's `--listen` /
+//! `--upstream`), parsed and validated once into an immutable [`Config`].
+//!
+//! Unknown keys and bad values are refused with the file, the line and a
+//! sentence saying what is wrong. Every key and its default is documented in
+//! `docs/configuration.md`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer};
+
+use crate::proto::handshake::Limits as HeadLimits;
+
+/// The configuration `wsedge` runs with when given no arguments.
+pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
+
+/// The server address that names the built-in echo upstream.
+pub const BUILTIN_ECHO: &str = "builtin:echo";
+
+/// Which io driver each worker runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IoDriver {
+    /// io_uring where it can be set up, epoll otherwise.
+    #[default]
+    Auto,
+    /// io_uring or fail.
+    Uring,
+    /// epoll.
+    Epoll,
+}
+
+impl std::str::FromStr for IoDriver {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(IoDriver::Auto),
+            "uring" | "io_uring" | "iouring" => Ok(IoDriver::Uring),
+            "epoll" | "legacy" => Ok(IoDriver::Epoll),
+            _ => Err(format!(
+                "unknown io driver {s:?} (expected auto, uring or epoll)"
+            )),
+        }
+    }
+}
+
+/// How a route relays after the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayMode {
+    /// Parse, validate and re-mask every frame (the default).
+    #[default]
+    Frames,
+    /// Copy bytes without parsing frames.
+    Tunnel,
+}
+
+/// A whole configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Worker threads; 0 means one per CPU the process may run on.
+    pub workers: usize,
+    /// The io driver.
+    pub io_driver: IoDriver,
+    /// Addresses to accept clients on.
+    pub listeners: Vec<Listener>,
+    /// Named groups of backend servers.
+    pub upstreams: Vec<Upstream>,
+    /// Path prefix → upstream, longest prefix first.
+    pub routes: Vec<Route>,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Limits on what clients and backends control.
+    pub limits: Limits,
+}
+
+/// A listening address.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// `IP:port`.
+    pub address: SocketAddr,
+    /// The accept backlog of each worker's socket.
+    #[serde(default = "default_backlog")]
+    pub backlog: u32,
+}
+
+/// A named group of backend servers, used round-robin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// The name routes refer to.
+    pub name: String,
+    /// The servers.
+    pub servers: Vec<Server>,
+}
+
+/// One backend server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Server {
+    /// A TCP address.
+    Addr(SocketAddr),
+    /// The built-in echo server (`builtin:echo`).
+    BuiltinEcho,
+}
+
+impl fmt::Display for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Server::Addr(a) => a.fmt(f),
+            Server::BuiltinEcho => f.write_str(BUILTIN_ECHO),
+        }
+    }
+}
+
+/// A route: requests whose path starts with `path` go to `upstream`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The path prefix.
+    pub path: String,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    /// How to relay.
+    pub relay: RelayMode,
+    /// Largest message (summed over fragments) in either direction; close 1009 above.
+    pub max_message_size: u64,
+    /// Validate text messages as UTF-8 (close 1007 when invalid).
+    pub validate_utf8: bool,
+    /// Pass `permessage-deflate` through end to end.
+    pub permessage_deflate: bool,
+}
+
+/// Timeouts. Zero means none where noted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Connecting to a backend (→ 504).
+    pub connect: Duration,
+    /// Receiving a client's request head, and a backend's response head (→ 504).
+    pub handshake: Duration,
+    /// Waiting for the close handshake to complete once begun.
+    pub close: Duration,
+    /// Closing a connection with no traffic either way (0 = never).
+    pub idle: Duration,
+    /// On SIGINT/SIGTERM, how long to wait for close handshakes.
+    pub shutdown_grace: Duration,
+}
+
+/// Limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request or response head (→ 431 for clients).
+    pub max_head_bytes: usize,
+    /// Most header lines in a head (→ 431 for clients).
+    pub max_headers: usize,
+    /// The relay buffer of each direction: the in-flight bytes per direction.
+    pub buffer_size: usize,
+    /// Open client connections per worker; above it new clients get 503.
+    pub max_connections: usize,
+    /// Largest body of a backend's non-101 answer relayed to the client.
+    pub max_response_body: usize,
+}
+
+impl Limits {
+    /// The handshake limits for the protocol core.
+    pub fn head_limits(&self) -> HeadLimits {
+        HeadLimits {
+            max_head_bytes: self.max_head_bytes,
+            max_headers: self.max_headers,
+        }
+    }
+}
+
+fn default_backlog() -> u32 {
+    1024
+}
+
+/// A configuration the file (or arguments) could not be turned into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Where the configuration came from.
+    pub source: String,
+    /// The 1-based line, when known.
+    pub line: Option<usize>,
+    /// What is wrong, as a sentence.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "{}:{}: {}", self.source, l, self.message),
+            None => write!(f, "{}: {}", self.source, self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+// ---------------------------------------------------------------------------
+// The file format. Spanned values where a later check needs the line.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    workers: usize,
+    #[serde(default)]
+    io_driver: IoDriver,
+    #[serde(default, rename = "listener")]
+    listeners: Vec<toml::Spanned<Listener>>,
+    #[serde(default, rename = "upstream")]
+    upstreams: Vec<toml::Spanned<FileUpstream>>,
+    #[serde(default, rename = "route")]
+    routes: Vec<toml::Spanned<FileRoute>>,
+    #[serde(default)]
+    timeouts: FileTimeouts,
+    #[serde(default)]
+    limits: FileLimits,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileUpstream {
+    name: String,
+    servers: Vec<toml::Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRoute {
+    path: toml::Spanned<String>,
+    upstream: toml::Spanned<String>,
+    #[serde(default)]
+    relay: RelayMode,
+    #[serde(default = "default_max_message")]
+    max_message_size: Size,
+    #[serde(default = "yes")]
+    validate_utf8: bool,
+    #[serde(default)]
+    permessage_deflate: bool,
+}
+
+fn default_max_message() -> Size {
+    Size(16 << 20)
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileTimeouts {
+    connect: Secs,
+    handshake: Secs,
+    close: Secs,
+    idle: Secs,
+    shutdown_grace: Secs,
+}
+
+impl Default for FileTimeouts {
+    fn default() -> Self {
+        FileTimeouts {
+            connect: Secs(Duration::from_secs(5)),
+            handshake: Secs(Duration::from_secs(10)),
+            close: Secs(Duration::from_secs(5)),
+            idle: Secs(Duration::ZERO),
+            shutdown_grace: Secs(Duration::from_secs(10)),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileLimits {
+    max_head_bytes: Size,
+    max_headers: usize,
+    buffer_size: Size,
+    max_connections: usize,
+    max_response_body: Size,
+}
+
+impl Default for FileLimits {
+    fn default() -> Self {
+        FileLimits {
+            max_head_bytes: Size(16 << 10),
+            max_headers: 64,
+            buffer_size: Size(64 << 10),
+            max_connections: 10_000,
+            max_response_body: Size(64 << 10),
+        }
+    }
+}
+
+/// A byte size: an integer, or a string like `"64KiB"`, `"16MiB"`, `"1GiB"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Size(u64);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(Size(n)),
+            Raw::Str(s) => parse_size(&s).map(Size).map_err(de::Error::custom),
+        }
+    }
+}
+
+/// Parses `"16MiB"`, `"64 KiB"`, `"1000"`, `"2k"`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        format!("{s:?} is not a size (expected e.g. 65536, \"64KiB\" or \"16MiB\")")
+    })?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {s:?} (use B, KiB, MiB or GiB)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+/// A duration: an integer number of seconds, or a string like `"250ms"`,
+/// `"5s"`, `"2m"`, `"1h"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Secs(Duration);
+
+impl<'de> Deserialize<'de> for Secs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(Secs(Duration::from_secs(n))),
+            Raw::Str(s) => parse_duration(&s).map(Secs).map_err(de::Error::custom),
+        }
+    }
+}
+
+/// Parses `"250ms"`, `"5s"`, `"2m"`, `"1h"`, `"0"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        format!("{s:?} is not a duration (expected e.g. 5, \"250ms\", \"5s\" or \"2m\")")
+    })?;
+    Ok(match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} in {s:?} (use ms, s, m or h)"
+            ));
+        }
+    })
+}
+
+/// The 1-based line of a byte offset in `text`.
+fn line_of(text: &str, span: Range<usize>) -> usize {
+    text[..span.start.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
+}
+
+impl Config {
+    /// Parses and validates a configuration file's text. `source` names it in errors.
+    pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
+        let err = |line: Option<usize>, message: String| ConfigError {
+            source: source.to_string(),
+            line,
+            message,
+        };
+        let file: File = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of(text, s));
+            err(line, e.message().trim_end_matches('\n').to_string())
+        })?;
+
+        if file.listeners.is_empty() {
+            return Err(err(
+                None,
+                "no [[listener]]: wsedge needs at least one address to listen on".into(),
+            ));
+        }
+        let mut upstreams: Vec<Upstream> = Vec::new();
+        for u in &file.upstreams {
+            let line = line_of(text, u.span());
+            let u = u.get_ref();
+            if upstreams.iter().any(|x| x.name == u.name) {
+                return Err(err(
+                    Some(line),
+                    format!("upstream {:?} is defined twice", u.name),
+                ));
+            }
+            if u.servers.is_empty() {
+                return Err(err(
+                    Some(line),
+                    format!("upstream {:?} has no servers", u.name),
+                ));
+            }
+            let mut servers = Vec::new();
+            for s in &u.servers {
+                let server = if s.get_ref() == BUILTIN_ECHO {
+                    Server::BuiltinEcho
+                } else {
+                    Server::Addr(s.get_ref().parse().map_err(|_| {
+                        err(
+                            Some(line_of(text, s.span())),
+                            format!(
+                                "server {:?} is not an IP:port address (or {BUILTIN_ECHO:?})",
+                                s.get_ref()
+                            ),
+                        )
+                    })?)
+                };
+                servers.push(server);
+            }
+            upstreams.push(Upstream {
+                name: u.name.clone(),
+                servers,
+            });
+        }
+        if file.routes.is_empty() {
+            return Err(err(
+                None,
+                "no [[route]]: add one, e.g. path = \"/\" with an upstream".into(),
+            ));
+        }
+        let mut routes = Vec::new();
+        for r in &file.routes {
+            let line = line_of(text, r.span());
+            let r = r.get_ref();
+            if !r.path.get_ref().starts_with('/') {
+                return Err(err(
+                    Some(line_of(text, r.path.span())),
+                    format!("route path {:?} must start with '/'", r.path.get_ref()),
+                ));
+            }
+            let upstream = upstreams
+                .iter()
+                .position(|u| &u.name == r.upstream.get_ref())
+                .ok_or_else(|| {
+                    err(
+                        Some(line_of(text, r.upstream.span())),
+                        format!(
+                            "route {:?} names upstream {:?}, which is not defined",
+                            r.path.get_ref(),
+                            r.upstream.get_ref()
+                        ),
+                    )
+                })?;
+            if r.max_message_size.0 == 0 || r.max_message_size.0 > i64::MAX as u64 {
+                return Err(err(
+                    Some(line),
+                    "max_message_size must be between 1 byte and 2^63-1".into(),
+                ));
+            }
+            routes.push(Route {
+                path: r.path.get_ref().clone(),
+                upstream,
+                relay: r.relay,
+                max_message_size: r.max_message_size.0,
+                validate_utf8: r.validate_utf8,
+                permessage_deflate: r.permessage_deflate,
+            });
+        }
+        routes.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
+
+        let t = &file.timeouts;
+        let timeouts = Timeouts {
+            connect: t.connect.0,
+            handshake: t.handshake.0,
+            close: t.close.0,
+            idle: t.idle.0,
+            shutdown_grace: t.shutdown_grace.0,
+        };
+        for (name, d) in [
+            ("connect", timeouts.connect),
+            ("handshake", timeouts.handshake),
+            ("close", timeouts.close),
+        ] {
+            if d.is_zero() {
+                return Err(err(
+                    None,
+                    format!("timeouts.{name} must be greater than zero"),
+                ));
+            }
+        }
+        let l = &file.limits;
+        let limits = Limits {
+            max_head_bytes: l.max_head_bytes.0 as usize,
+            max_headers: l.max_headers,
+            buffer_size: l.buffer_size.0 as usize,
+            max_connections: l.max_connections,
+            max_response_body: l.max_response_body.0 as usize,
+        };
+        if !(1024..=1 << 20).contains(&limits.max_head_bytes) {
+            return Err(err(
+                None,
+                "limits.max_head_bytes must be between 1KiB and 1MiB".into(),
+            ));
+        }
+        if !(4..=1024).contains(&limits.max_headers) {
+            return Err(err(
+                None,
+                "limits.max_headers must be between 4 and 1024".into(),
+            ));
+        }
+        if !(4096..=64 << 20).contains(&limits.buffer_size) {
+            return Err(err(
+                None,
+                "limits.buffer_size must be between 4KiB and 64MiB".into(),
+            ));
+        }
+        if limits.max_connections == 0 {
+            return Err(err(
+                None,
+                "limits.max_connections must be at least 1".into(),
+            ));
+        }
+
+        Ok(Config {
+            workers: file.workers,
+            io_driver: file.io_driver,
+            listeners: file.listeners.into_iter().map(|l| l.into_inner()).collect(),
+            upstreams,
+            routes,
+            timeouts,
+            limits,
+        })
+    }
+
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source: path.display().to_string(),
+            line: None,
+            message: format!("cannot read the file: {e}"),
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// The embedded default: `127.0.0.1:8080`, every path to the built-in echo server.
+    pub fn embedded_default() -> Config {
+        match Config::parse(DEFAULT_CONFIG, "<embedded default>") {
+            Ok(c) => c,
+            Err(e) => unreachable!("the embedded default config is valid (tested): {e}"),
+        }
+    }
+
+    /// A configuration from `--listen` and `--upstream` arguments: every
+    /// path proxied to the upstream servers, round-robin.
+    pub fn from_args(listen: &[SocketAddr], upstreams: &[String]) -> Result<Config, ConfigError> {
+        let mut c = Config::embedded_default();
+        let err = |message: String| ConfigError {
+            source: "command line".into(),
+            line: None,
+            message,
+        };
+        if !listen.is_empty() {
+            c.listeners = listen
+                .iter()
+                .map(|&address| Listener {
+                    address,
+                    backlog: default_backlog(),
+                })
+                .collect();
+        }
+        if !upstreams.is_empty() {
+            let servers = upstreams
+                .iter()
+                .map(|s| {
+                    if s == BUILTIN_ECHO {
+                        Ok(Server::BuiltinEcho)
+                    } else {
+                        s.parse()
+                            .map(Server::Addr)
+                            .map_err(|_| err(format!("--upstream {s:?} is not an IP:port address")))
+                    }
+                })
+                .collect::<Result<_, _>>()?;
+            c.upstreams = vec![Upstream {
+                name: "default".into(),
+                servers,
+            }];
+            for r in &mut c.routes {
+                r.upstream = 0;
+            }
+        }
+        Ok(c)
+    }
+
+    /// The route for a request path: the longest matching prefix.
+    pub fn route(&self, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| path.starts_with(&r.path))
+    }
+
+    /// Whether any upstream uses the built-in echo server.
+    pub fn uses_builtin_echo(&self) -> bool {
+        self.upstreams
+            .iter()
+            .any(|u| u.servers.contains(&Server::BuiltinEcho))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses() {
+        let c = Config::embedded_default();
+        assert_eq!(c.listeners[0].address, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.upstreams[0].servers, vec![Server::BuiltinEcho]);
+        assert_eq!(c.route("/anything").unwrap().upstream, 0);
+        assert_eq!(c.io_driver, IoDriver::Auto);
+    }
+
+    #[test]
+    fn unknown_key_reports_its_line() {
+        let text = "[[listener]]\naddress = \"127.0.0.1:1\"\nbogus = 1\n";
+        let e = Config::parse(text, "x.toml").unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.message.contains("bogus"), "{e}");
+        assert!(e.to_string().starts_with("x.toml:3:"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_reports_its_line() {
+        let text = r#"
+[[listener]]
+address = "127.0.0.1:1"
+[[upstream]]
+name = "a"
+servers = ["127.0.0.1:2"]
+[[route]]
+path = "/"
+upstream = "a"
+max_message_size = "12 parsecs"
+"#;
+        let e = Config::parse(text, "x.toml").unwrap_err();
+        assert_eq!(e.line, Some(10), "{e}");
+        assert!(e.message.contains("parsecs"), "{e}");
+    }
+
+    #[test]
+    fn route_to_undefined_upstream() {
+        let text = "[[listener]]\naddress = \"127.0.0.1:1\"\n[[upstream]]\nname = \"a\"\nservers = [\"127.0.0.1:2\"]\n[[route]]\npath = \"/\"\nupstream = \"b\"\n";
+        let e = Config::parse(text, "x.toml").unwrap_err();
+        assert_eq!(e.line, Some(8), "{e}");
+        assert!(e.message.contains("not defined"), "{e}");
+    }
+
+    #[test]
+    fn bad_server_address() {
+        let text = "[[listener]]\naddress = \"127.0.0.1:1\"\n[[upstream]]\nname = \"a\"\nservers = [\"nowhere\"]\n[[route]]\npath = \"/\"\nupstream = \"a\"\n";
+        let e = Config::parse(text, "x.toml").unwrap_err();
+        assert_eq!(e.line, Some(5), "{e}");
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("16 MiB"), Ok(16 << 20));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert!(parse_size("x").is_err());
+        assert!(parse_size("99999999999GiB").is_err());
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("5 fortnights").is_err());
+    }
+
+    #[test]
+    fn longest_prefix_wins_and_tunnel_parses() {
+        let text = r#"
+[[listener]]
+address = "127.0.0.1:1"
+[[upstream]]
+name = "a"
+servers = ["127.0.0.1:2", "127.0.0.1:3"]
+[[upstream]]
+name = "b"
+servers = ["builtin:echo"]
+[[route]]
+path = "/"
+upstream = "a"
+[[route]]
+path = "/chat"
+upstream = "b"
+relay = "tunnel"
+[timeouts]
+idle = "30s"
+[limits]
+buffer_size = "16KiB"
+"#;
+        let c = Config::parse(text, "x").unwrap();
+        assert_eq!(c.route("/chat/x").unwrap().upstream, 1);
+        assert_eq!(c.route("/chat/x").unwrap().relay, RelayMode::Tunnel);
+        assert_eq!(c.route("/other").unwrap().upstream, 0);
+        assert_eq!(c.timeouts.idle, Duration::from_secs(30));
+        assert_eq!(c.limits.buffer_size, 16384);
+    }
+
+    #[test]
+    fn from_args() {
+        let c = Config::from_args(
+            &["127.0.0.1:9".parse().unwrap()],
+            &["127.0.0.1:10".into(), "127.0.0.1:11".into()],
+        )
+        .unwrap();
+        assert_eq!(c.listeners.len(), 1);
+        assert_eq!(c.upstreams[0].servers.len(), 2);
+        assert!(Config::from_args(&[], &["nope".into()]).is_err());
+    }
+}

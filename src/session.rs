@@ -1,0 +1,464 @@
+//! One client connection's life: request head → route → backend connect →
+//! backend handshake → 101 → relay → close.
+//!
+//! Every way a handshake can fail ends in an HTTP answer that says so (400,
+//! 404, 405, 408, 426, 431, 502, 503, 504, or the backend's own answer
+//! relayed) and one log line.
+
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpStream;
+use tracing::{debug, info, warn};
+
+use crate::config::{RelayMode, Route, Server};
+use crate::proto::handshake::{
+    self, BackendRequest, BackendResponse, Expect, build_backend_request, build_switching_response,
+    parse_request, parse_response, simple_response,
+};
+use crate::relay::{self, Ending, Outcome, RelayConfig, Shared};
+use crate::transport::Transport;
+use crate::worker::WorkerCtx;
+
+/// Why a session ended before relaying.
+#[derive(Debug)]
+enum Refused {
+    /// The client left (or sent nothing) before a complete request.
+    Silent(&'static str),
+    /// Answered with an HTTP error.
+    Answered(u16, String),
+}
+
+/// Serves one accepted client connection to its end.
+pub async fn serve(ctx: Rc<WorkerCtx>, client: TcpStream, peer: SocketAddr) {
+    let _ = client.set_nodelay(true);
+    let started = Instant::now();
+    let result = proxy(&ctx, &client, peer).await;
+    match result {
+        Ok((path, backend, outcome)) => {
+            ctx.stats.record_ending(&outcome.ending);
+            info!(
+                worker = ctx.id,
+                client = %peer,
+                path = %path,
+                backend = %backend,
+                from_client = outcome.from_client,
+                from_backend = outcome.from_backend,
+                secs = started.elapsed().as_secs_f32(),
+                "closed: {}",
+                describe(&outcome.ending)
+            );
+        }
+        Err(Refused::Silent(why)) => debug!(worker = ctx.id, client = %peer, "dropped: {why}"),
+        Err(Refused::Answered(status, why)) => {
+            ctx.stats.refused.inc();
+            info!(worker = ctx.id, client = %peer, status, "refused: {why}");
+        }
+    }
+}
+
+fn describe(e: &Ending) -> String {
+    match e {
+        Ending::Closed { by, code } => format!(
+            "{by:?} sent close {}",
+            code.map_or("(no code)".into(), |c| c.to_string())
+        ),
+        Ending::Vanished(leg) => format!("{leg:?} TCP connection ended without a close frame"),
+        Ending::ProtocolError(leg, err) => format!(
+            "{leg:?} protocol error: {err} (close {})",
+            err.close_code().0
+        ),
+        Ending::Idle => "idle timeout".into(),
+        Ending::Shutdown => "server shutdown".into(),
+        Ending::CloseTimeout => "close handshake timed out".into(),
+        Ending::TunnelEnded => "tunnel streams ended".into(),
+    }
+}
+
+/// Writes an HTTP error to the client and half-closes.
+async fn answer<T: Transport>(client: &T, timeout: Duration, bytes: &[u8]) {
+    let _ = monoio::time::timeout(timeout, client.write_all(bytes)).await;
+    let _ = client.shutdown_write();
+}
+
+/// Reads into `buf` until `complete(buf)` says the head is whole or bad.
+/// `Ok(false)` on EOF before that.
+async fn read_head<T: Transport>(
+    s: &T,
+    buf: &mut Vec<u8>,
+    max: usize,
+    mut complete: impl FnMut(&[u8]) -> bool,
+) -> io::Result<bool> {
+    loop {
+        if complete(buf) {
+            return Ok(true);
+        }
+        if buf.len() > max {
+            // The parser refuses oversized heads itself; never read past them.
+            return Ok(true);
+        }
+        let filled = buf.len();
+        buf.resize(filled + 4096.min(max + 1 - filled).max(1), 0);
+        let n = s.read(&mut buf[filled..]).await;
+        buf.truncate(filled + *n.as_ref().unwrap_or(&0));
+        if n? == 0 {
+            return Ok(false);
+        }
+    }
+}
+
+async fn proxy(
+    ctx: &WorkerCtx,
+    client: &TcpStream,
+    peer: SocketAddr,
+) -> Result<(String, Server, Outcome), Refused> {
+    let cfg = &ctx.config;
+    let limits = cfg.limits.head_limits();
+    let hs_timeout = cfg.timeouts.handshake;
+
+    if ctx.active.get() > cfg.limits.max_connections {
+        answer(
+            client,
+            hs_timeout,
+            &simple_response(503, "too many connections"),
+        )
+        .await;
+        return Err(Refused::Answered(503, "max_connections reached".into()));
+    }
+
+    // 1. The client's request head.
+    let mut head = Vec::with_capacity(1024);
+    let probe_headers = cfg.limits.max_headers;
+    let read = monoio::time::timeout(
+        hs_timeout,
+        read_head(client, &mut head, limits.max_head_bytes, |b| {
+            let mut h = vec![httparse::EMPTY_HEADER; probe_headers];
+            !matches!(parse_request(b, &mut h, &limits), Ok(None))
+        }),
+    )
+    .await;
+    match read {
+        Err(_) if head.is_empty() => {
+            return Err(Refused::Silent("no request before the handshake timeout"));
+        }
+        Err(_) => {
+            answer(
+                client,
+                hs_timeout,
+                &simple_response(408, "request head timed out"),
+            )
+            .await;
+            return Err(Refused::Answered(408, "request head timed out".into()));
+        }
+        Ok(Err(_)) | Ok(Ok(false)) => {
+            return Err(Refused::Silent("client closed before a complete request"));
+        }
+        Ok(Ok(true)) => {}
+    }
+    let mut headers = vec![httparse::EMPTY_HEADER; cfg.limits.max_headers];
+    let (req, head_len) = match parse_request(&head, &mut headers, &limits) {
+        Ok(Some(r)) => r,
+        Ok(None) => return Err(Refused::Silent("incomplete request")),
+        Err(rej) => {
+            answer(client, hs_timeout, &rej.response()).await;
+            return Err(Refused::Answered(rej.status(), rej.to_string()));
+        }
+    };
+
+    // 2. Route.
+    let path = req.path().to_string();
+    let Some(route) = cfg.route(&path) else {
+        answer(
+            client,
+            hs_timeout,
+            &simple_response(404, "no route for this path"),
+        )
+        .await;
+        return Err(Refused::Answered(404, format!("no route for {path}")));
+    };
+
+    // 3. Backend connect (each server of the upstream once, round-robin start).
+    let (backend, server) = match connect_upstream(ctx, route).await {
+        Ok(x) => x,
+        Err((status, why)) => {
+            answer(
+                client,
+                hs_timeout,
+                &simple_response(
+                    status,
+                    if status == 504 {
+                        "backend timed out"
+                    } else {
+                        "backend unavailable"
+                    },
+                ),
+            )
+            .await;
+            return Err(Refused::Answered(status, why));
+        }
+    };
+
+    // 4. Backend handshake.
+    let mut nonce = [0u8; 16];
+    {
+        let mut keys = ctx.keys.borrow_mut();
+        for chunk in nonce.chunks_mut(4) {
+            chunk.copy_from_slice(&keys.next_key());
+        }
+    }
+    let key = handshake::key_from_nonce(&nonce);
+    let key = std::str::from_utf8(&key).unwrap_or_default();
+    let opts = BackendRequest {
+        path: &path,
+        host: req.host(),
+        key,
+        client_ip: peer.ip(),
+        forwarded_proto: "http",
+        forward_extensions: route.permessage_deflate,
+    };
+    let request = build_backend_request(&req, &opts);
+    let expect = Expect::new(&req, &opts);
+    let backend_failed =
+        |status: u16, why: String| Refused::Answered(status, format!("backend {server}: {why}"));
+
+    match monoio::time::timeout(hs_timeout, backend.write_all(&request)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            answer(
+                client,
+                hs_timeout,
+                &simple_response(502, "backend unavailable"),
+            )
+            .await;
+            return Err(backend_failed(
+                502,
+                format!("writing the upgrade request: {e}"),
+            ));
+        }
+        Err(_) => {
+            answer(
+                client,
+                hs_timeout,
+                &simple_response(504, "backend timed out"),
+            )
+            .await;
+            return Err(backend_failed(
+                504,
+                "timed out writing the upgrade request".into(),
+            ));
+        }
+    }
+
+    let mut resp = Vec::with_capacity(512);
+    let resp_read = monoio::time::timeout(
+        hs_timeout,
+        read_head(&backend, &mut resp, limits.max_head_bytes, |b| {
+            let mut h = vec![httparse::EMPTY_HEADER; probe_headers];
+            !matches!(parse_response(b, &mut h, &limits, &expect), Ok(None))
+        }),
+    )
+    .await;
+    match resp_read {
+        Err(_) => {
+            answer(
+                client,
+                hs_timeout,
+                &simple_response(504, "backend timed out"),
+            )
+            .await;
+            return Err(backend_failed(
+                504,
+                "no response head before the handshake timeout".into(),
+            ));
+        }
+        Ok(Err(e)) => {
+            answer(
+                client,
+                hs_timeout,
+                &simple_response(502, "backend unavailable"),
+            )
+            .await;
+            return Err(backend_failed(502, format!("reading the response: {e}")));
+        }
+        Ok(Ok(false)) => {
+            answer(
+                client,
+                hs_timeout,
+                &simple_response(502, "backend unavailable"),
+            )
+            .await;
+            return Err(backend_failed(
+                502,
+                "closed the connection before answering".into(),
+            ));
+        }
+        Ok(Ok(true)) => {}
+    }
+    let mut resp_headers = vec![httparse::EMPTY_HEADER; cfg.limits.max_headers];
+    let (protocol, extensions, resp_len) =
+        match parse_response(&resp, &mut resp_headers, &limits, &expect) {
+            Ok(Some((
+                BackendResponse::Upgraded {
+                    protocol,
+                    extensions,
+                },
+                n,
+            ))) => (protocol, extensions, n),
+            Ok(Some((
+                BackendResponse::Other { status } | BackendResponse::Interim { status },
+                n,
+            ))) => {
+                relay_answer(ctx, client, &backend, &resp, n).await;
+                return Err(backend_failed(
+                    status,
+                    format!("answered {status}, relayed to the client"),
+                ));
+            }
+            Ok(None) => {
+                answer(
+                    client,
+                    hs_timeout,
+                    &simple_response(502, "backend unavailable"),
+                )
+                .await;
+                return Err(backend_failed(502, "incomplete response".into()));
+            }
+            Err(e) => {
+                answer(client, hs_timeout, &e.response()).await;
+                return Err(backend_failed(502, e.to_string()));
+            }
+        };
+
+    // 5. Answer the client.
+    let switching = build_switching_response(&req.accept_key(), protocol, extensions);
+    if !matches!(
+        monoio::time::timeout(hs_timeout, client.write_all(&switching)).await,
+        Ok(Ok(()))
+    ) {
+        return Err(Refused::Silent("client left before the 101 was written"));
+    }
+    ctx.stats.upgraded.inc();
+    debug!(worker = ctx.id, client = %peer, path = %path, backend = %server, protocol = ?protocol, "upgraded");
+
+    // 6. Relay, with the bytes that came with the heads.
+    let from_client = head[head_len..].to_vec();
+    let from_backend = resp[resp_len..].to_vec();
+    let relay_cfg = RelayConfig {
+        frames: route.relay == RelayMode::Frames,
+        max_message_size: route.max_message_size,
+        validate_utf8: route.validate_utf8,
+        compressed: extensions.is_some(),
+        close_timeout: cfg.timeouts.close,
+        idle_timeout: cfg.timeouts.idle,
+    };
+    let shared = Shared::new(!cfg.timeouts.idle.is_zero());
+    let slot = ctx.register(&shared);
+    let worker = relay::Worker {
+        pool: &ctx.pool,
+        keys: &ctx.keys,
+    };
+    let outcome = relay::relay(
+        client,
+        &backend,
+        from_client,
+        from_backend,
+        &relay_cfg,
+        worker,
+        &shared,
+    )
+    .await;
+    ctx.unregister(slot);
+    ctx.stats.bytes_from_client.add(outcome.from_client);
+    ctx.stats.bytes_from_backend.add(outcome.from_backend);
+    Ok((path, server, outcome))
+}
+
+/// Relays a backend's non-101 answer (head and a bounded body) to the client.
+async fn relay_answer(
+    ctx: &WorkerCtx,
+    client: &TcpStream,
+    backend: &TcpStream,
+    resp: &[u8],
+    head_len: usize,
+) {
+    let t = ctx.config.timeouts.handshake;
+    let max = ctx.config.limits.max_response_body;
+    let mut headers = vec![httparse::EMPTY_HEADER; ctx.config.limits.max_headers];
+    let mut r = httparse::Response::new(&mut headers);
+    let _ = r.parse(resp);
+    let length = r
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| {
+            std::str::from_utf8(h.value)
+                .ok()?
+                .trim()
+                .parse::<usize>()
+                .ok()
+        });
+    let mut body = resp[head_len..].to_vec();
+    let want = length.unwrap_or(max).min(max);
+    let _ = monoio::time::timeout(t, async {
+        while body.len() < want {
+            let filled = body.len();
+            body.resize(want, 0);
+            match backend.read(&mut body[filled..]).await {
+                Ok(0) | Err(_) => {
+                    body.truncate(filled);
+                    break;
+                }
+                Ok(n) => body.truncate(filled + n),
+            }
+        }
+    })
+    .await;
+    body.truncate(want);
+    let mut out = resp[..head_len].to_vec();
+    out.extend_from_slice(&body);
+    answer(client, t, &out).await;
+}
+
+/// Connects to a server of the route's upstream: tries each once, starting
+/// at the worker's round-robin position. `Err((502|504, why))` if none answers.
+async fn connect_upstream(
+    ctx: &WorkerCtx,
+    route: &Route,
+) -> Result<(TcpStream, Server), (u16, String)> {
+    let upstream = &ctx.config.upstreams[route.upstream];
+    let n = upstream.servers.len();
+    let start = ctx.next_rr(route.upstream);
+    let mut timed_out = false;
+    let mut last_err = String::new();
+    for i in 0..n {
+        let server = upstream.servers[(start + i) % n];
+        let addr = match server {
+            Server::Addr(a) => a,
+            Server::BuiltinEcho => match ctx.echo_addr {
+                Some(a) => a,
+                None => continue,
+            },
+        };
+        match monoio::time::timeout(ctx.config.timeouts.connect, TcpStream::connect_addr(addr))
+            .await
+        {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                return Ok((s, server));
+            }
+            Ok(Err(e)) => {
+                warn!(worker = ctx.id, backend = %server, "connect failed: {e}");
+                last_err = format!("connect to {server}: {e}");
+            }
+            Err(_) => {
+                warn!(worker = ctx.id, backend = %server, "connect timed out");
+                timed_out = true;
+                last_err = format!("connect to {server} timed out");
+            }
+        }
+    }
+    ctx.stats.backend_failures.inc();
+    Err((if timed_out { 504 } else { 502 }, last_err))
+}

@@ -1,0 +1,76 @@
+//! The few raw socket calls the data path makes, each a single `libc` call.
+//!
+//! Sockets from the io_uring driver are blocking, so every call passes
+//! `MSG_DONTWAIT`: the worker thread never blocks, whichever driver runs.
+
+use std::io;
+use std::os::fd::RawFd;
+
+/// `recv(fd, buf, MSG_DONTWAIT)`.
+#[inline]
+pub fn recv_nonblocking(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a valid, writable region of `buf.len()` bytes for the
+    // duration of the call; `recv` writes at most that many bytes into it.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// `send(fd, buf, MSG_DONTWAIT | MSG_NOSIGNAL)`: a peer that went away is
+/// an `EPIPE` error, not a `SIGPIPE`.
+#[inline]
+pub fn send_nonblocking(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+    // SAFETY: `buf` is a valid, readable region of `buf.len()` bytes for the
+    // duration of the call; `send` only reads from it.
+    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), flags) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// `shutdown(fd, SHUT_WR)`.
+pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
+    // SAFETY: `shutdown` takes no pointers; an invalid fd is reported as an
+    // error, not undefined behaviour.
+    let r = unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn sigset(signals: &[i32]) -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it fully
+    // before any use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, writable sigset_t.
+    unsafe { libc::sigemptyset(&mut set) };
+    for &s in signals {
+        // SAFETY: `set` is a valid, initialised sigset_t.
+        unsafe { libc::sigaddset(&mut set, s) };
+    }
+    set
+}
+
+/// Blocks `signals` in the calling thread (inherited by threads it starts).
+pub fn block_signals(signals: &[i32]) {
+    let set = sigset(signals);
+    // SAFETY: `set` is initialised; a null old-set pointer is allowed.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+}
+
+/// Waits for one of `signals` (which must be blocked) and returns it.
+pub fn wait_for_signals(signals: &[i32]) -> i32 {
+    let set = sigset(signals);
+    let mut sig = 0;
+    // SAFETY: `set` is initialised and `sig` is a valid place to write to.
+    unsafe { libc::sigwait(&set, &mut sig) };
+    sig
+}

@@ -1,0 +1,259 @@
+//! A worker: one monoio runtime on one pinned thread, with its own
+//! `SO_REUSEPORT` listener on every configured address, its own buffer pool,
+//! masking keys and counters. A client and its backend connection live and
+//! die on the worker that accepted the client; nothing here is shared with
+//! another worker except the read-only config and the counters it alone writes.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpListener;
+use tracing::{error, info};
+
+use crate::config::{Config, IoDriver};
+use crate::pool::Pool;
+use crate::proto::mask::MaskKeyGen;
+use crate::relay::{Ending, Shared};
+use crate::stats::Stats;
+
+/// Spare buffers a worker's pool keeps.
+const POOL_MAX_IDLE: usize = 256;
+
+/// What one worker owns and every session on it borrows.
+#[derive(Debug)]
+pub struct WorkerCtx {
+    /// The worker's index (its thread is `wsedge-worker-{id}`).
+    pub id: usize,
+    /// The configuration, read-only.
+    pub config: Arc<Config>,
+    /// Relay buffers.
+    pub pool: Rc<Pool>,
+    /// Masking keys and backend handshake nonces.
+    pub keys: RefCell<MaskKeyGen>,
+    /// This worker's counters.
+    pub stats: Arc<Stats>,
+    /// Where this worker's built-in echo server listens, if configured.
+    pub echo_addr: Option<SocketAddr>,
+    /// Client connections open on this worker.
+    pub active: Cell<usize>,
+    rr: Vec<Cell<usize>>,
+    conns: RefCell<Slots>,
+}
+
+/// Relaying connections, so shutdown can reach them.
+#[derive(Debug, Default)]
+struct Slots {
+    items: Vec<Option<Weak<Shared>>>,
+    free: Vec<usize>,
+}
+
+impl WorkerCtx {
+    /// The next round-robin start for an upstream.
+    pub fn next_rr(&self, upstream: usize) -> usize {
+        let c = &self.rr[upstream];
+        let v = c.get();
+        c.set(v.wrapping_add(1));
+        v
+    }
+
+    /// Registers a relaying connection for shutdown; returns its slot.
+    pub fn register(&self, shared: &Rc<Shared>) -> usize {
+        let mut s = self.conns.borrow_mut();
+        let w = Some(Rc::downgrade(shared));
+        match s.free.pop() {
+            Some(i) => {
+                s.items[i] = w;
+                i
+            }
+            None => {
+                s.items.push(w);
+                s.items.len() - 1
+            }
+        }
+    }
+
+    /// Removes a slot given by [`WorkerCtx::register`].
+    pub fn unregister(&self, slot: usize) {
+        let mut s = self.conns.borrow_mut();
+        s.items[slot] = None;
+        s.free.push(slot);
+    }
+
+    fn going_away_all(&self) {
+        let live: Vec<Rc<Shared>> = self
+            .conns
+            .borrow()
+            .items
+            .iter()
+            .flatten()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for s in live {
+            s.going_away(Ending::Shutdown, "server shutting down");
+        }
+    }
+}
+
+/// Everything a worker thread is started with.
+#[derive(Debug)]
+pub struct WorkerSpec {
+    /// Index.
+    pub id: usize,
+    /// The core to pin to.
+    pub core: Option<core_affinity::CoreId>,
+    /// Bound, listening sockets (one per configured address).
+    pub listeners: Vec<std::net::TcpListener>,
+    /// The built-in echo server's socket, if configured.
+    pub echo: Option<std::net::TcpListener>,
+    /// Configuration.
+    pub config: Arc<Config>,
+    /// The worker's counters.
+    pub stats: Arc<Stats>,
+    /// Set to stop: stop accepting, close everything with 1001, exit.
+    pub stop: Arc<AtomicBool>,
+    /// Tells the starter which driver came up (or why none did).
+    pub ready: std::sync::mpsc::Sender<Result<&'static str, String>>,
+}
+
+/// Runs a worker to completion on the current thread.
+pub fn run(spec: WorkerSpec) {
+    if let Some(core) = spec.core {
+        core_affinity::set_for_current(core);
+    }
+    let driver = spec.config.io_driver;
+    let entries = 4096;
+    macro_rules! go {
+        ($rt:expr, $name:expr) => {{
+            let _ = spec.ready.send(Ok($name));
+            $rt.block_on(worker_main(spec))
+        }};
+    }
+    match driver {
+        IoDriver::Auto => match monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .with_entries(entries)
+            .enable_timer()
+            .build()
+        {
+            Ok(mut rt) => {
+                let name = match &rt {
+                    monoio::FusionRuntime::Uring(_) => "io_uring",
+                    monoio::FusionRuntime::Legacy(_) => "epoll",
+                };
+                go!(rt, name)
+            }
+            Err(e) => {
+                let _ = spec.ready.send(Err(format!("cannot start a runtime: {e}")));
+            }
+        },
+        IoDriver::Uring => match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(entries)
+            .enable_timer()
+            .build()
+        {
+            Ok(mut rt) => go!(rt, "io_uring"),
+            Err(e) => {
+                let _ = spec.ready.send(Err(format!("io_uring unavailable: {e}")));
+            }
+        },
+        IoDriver::Epoll => match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+        {
+            Ok(mut rt) => go!(rt, "epoll"),
+            Err(e) => {
+                let _ = spec
+                    .ready
+                    .send(Err(format!("cannot start the epoll driver: {e}")));
+            }
+        },
+    }
+}
+
+async fn worker_main(spec: WorkerSpec) {
+    let config = spec.config;
+    let ctx = Rc::new(WorkerCtx {
+        id: spec.id,
+        pool: Pool::new(config.limits.buffer_size, POOL_MAX_IDLE),
+        keys: RefCell::new(MaskKeyGen::from_os_rng()),
+        stats: spec.stats,
+        echo_addr: spec.echo.as_ref().and_then(|l| l.local_addr().ok()),
+        active: Cell::new(0),
+        rr: (0..config.upstreams.len())
+            .map(|i| Cell::new(spec.id + i))
+            .collect(),
+        conns: RefCell::new(Slots::default()),
+        config,
+    });
+
+    if let Some(echo) = spec.echo {
+        match TcpListener::from_std(echo) {
+            Ok(l) => {
+                monoio::spawn(crate::echo::serve(l, Rc::clone(&ctx.pool)));
+            }
+            Err(e) => error!(worker = ctx.id, "built-in echo server: {e}"),
+        }
+    }
+    let mut accept_loops = Vec::new();
+    for l in spec.listeners {
+        match TcpListener::from_std(l) {
+            Ok(l) => accept_loops.push(monoio::spawn(accept_loop(
+                Rc::clone(&ctx),
+                l,
+                Arc::clone(&spec.stop),
+            ))),
+            Err(e) => error!(worker = ctx.id, "listener: {e}"),
+        }
+    }
+
+    while !spec.stop.load(Ordering::Relaxed) {
+        monoio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Stop accepting (the accept loops see the flag), then close every
+    // relayed connection with 1001 and give them the grace period.
+    for h in accept_loops {
+        h.await;
+    }
+    ctx.going_away_all();
+    let deadline = Instant::now() + ctx.config.timeouts.shutdown_grace;
+    while ctx.active.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(20)).await;
+    }
+    info!(worker = ctx.id, left = ctx.active.get(), "worker stopped");
+}
+
+async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener, stop: Arc<AtomicBool>) {
+    loop {
+        let accepted = monoio::select! {
+            r = listener.accept() => r,
+            _ = wait_flag(&stop) => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                ctx.stats.accepted.inc();
+                ctx.stats.active.inc();
+                ctx.active.set(ctx.active.get() + 1);
+                let ctx = Rc::clone(&ctx);
+                monoio::spawn(async move {
+                    crate::session::serve(Rc::clone(&ctx), stream, peer).await;
+                    ctx.active.set(ctx.active.get() - 1);
+                    ctx.stats.active.sub(1);
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                error!(worker = ctx.id, "accept failed: {e}");
+                monoio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn wait_flag(flag: &AtomicBool) {
+    while !flag.load(Ordering::Relaxed) {
+        monoio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
