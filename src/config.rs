@@ -492,7 +492,7 @@ impl Config {
                 permessage_deflate: r.permessage_deflate,
             });
         }
-        routes.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
 
         let t = &file.timeouts;
         let timeouts = Timeouts {

@@ -79,7 +79,8 @@ impl Stats {
 
 /// The sum over workers of every counter, as `(name, value)` pairs.
 pub fn sum(workers: &[std::sync::Arc<Stats>]) -> Vec<(&'static str, u64)> {
-    let pick: [(&'static str, fn(&Stats) -> &Counter); 10] = [
+    type Pick = fn(&Stats) -> &Counter;
+    let pick: [(&'static str, Pick); 10] = [
         ("accepted", |s| &s.accepted),
         ("active", |s| &s.active),
         ("upgraded", |s| &s.upgraded),
