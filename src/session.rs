@@ -109,11 +109,63 @@ async fn read_head<T: Transport>(
     }
 }
 
+/// What a completed handshake hands to the relay. The handshake's own
+/// buffers (heads, header arrays) are freed before relaying starts.
+struct Upgraded {
+    backend: TcpStream,
+    server: Server,
+    path: String,
+    route: usize,
+    compressed: bool,
+    from_client: Vec<u8>,
+    from_backend: Vec<u8>,
+}
+
 async fn proxy(
     ctx: &WorkerCtx,
     client: &TcpStream,
     peer: SocketAddr,
 ) -> Result<(String, Server, Outcome), Refused> {
+    // Boxed: the handshake's state is large and short-lived; inline, it
+    // would size every connection's task for its whole life.
+    let up = Box::pin(handshake(ctx, client, peer)).await?;
+    let cfg = &ctx.config;
+    let route = &cfg.routes[up.route];
+    let relay_cfg = RelayConfig {
+        frames: route.relay == RelayMode::Frames,
+        max_message_size: route.max_message_size,
+        validate_utf8: route.validate_utf8,
+        compressed: up.compressed,
+        close_timeout: cfg.timeouts.close,
+        idle_timeout: cfg.timeouts.idle,
+    };
+    let shared = Shared::new(!cfg.timeouts.idle.is_zero());
+    let slot = ctx.register(&shared);
+    let worker = relay::Worker {
+        pool: &ctx.pool,
+        keys: &ctx.keys,
+    };
+    let outcome = relay::relay(
+        client,
+        &up.backend,
+        up.from_client,
+        up.from_backend,
+        &relay_cfg,
+        worker,
+        &shared,
+    )
+    .await;
+    ctx.unregister(slot);
+    ctx.stats.bytes_from_client.add(outcome.from_client);
+    ctx.stats.bytes_from_backend.add(outcome.from_backend);
+    Ok((up.path, up.server, outcome))
+}
+
+async fn handshake(
+    ctx: &WorkerCtx,
+    client: &TcpStream,
+    peer: SocketAddr,
+) -> Result<Upgraded, Refused> {
     let cfg = &ctx.config;
     let limits = cfg.limits.head_limits();
     let hs_timeout = cfg.timeouts.handshake;
@@ -342,37 +394,20 @@ async fn proxy(
     ctx.stats.upgraded.inc();
     debug!(worker = ctx.id, client = %peer, path = %path, backend = %server, protocol = ?protocol, "upgraded");
 
-    // 6. Relay, with the bytes that came with the heads.
-    let from_client = head[head_len..].to_vec();
-    let from_backend = resp[resp_len..].to_vec();
-    let relay_cfg = RelayConfig {
-        frames: route.relay == RelayMode::Frames,
-        max_message_size: route.max_message_size,
-        validate_utf8: route.validate_utf8,
+    // 6. Hand over, with the bytes that came after the heads.
+    Ok(Upgraded {
         compressed: extensions.is_some(),
-        close_timeout: cfg.timeouts.close,
-        idle_timeout: cfg.timeouts.idle,
-    };
-    let shared = Shared::new(!cfg.timeouts.idle.is_zero());
-    let slot = ctx.register(&shared);
-    let worker = relay::Worker {
-        pool: &ctx.pool,
-        keys: &ctx.keys,
-    };
-    let outcome = relay::relay(
-        client,
-        &backend,
-        from_client,
-        from_backend,
-        &relay_cfg,
-        worker,
-        &shared,
-    )
-    .await;
-    ctx.unregister(slot);
-    ctx.stats.bytes_from_client.add(outcome.from_client);
-    ctx.stats.bytes_from_backend.add(outcome.from_backend);
-    Ok((path, server, outcome))
+        from_client: head[head_len..].to_vec(),
+        from_backend: resp[resp_len..].to_vec(),
+        route: cfg
+            .routes
+            .iter()
+            .position(|r| std::ptr::eq(r, route))
+            .unwrap_or(0),
+        backend,
+        server,
+        path,
+    })
 }
 
 /// Relays a backend's non-101 answer (head and a bounded body) to the client.
