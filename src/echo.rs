@@ -14,7 +14,7 @@ use crate::proto::frame::{
 };
 use crate::proto::handshake::{Limits, build_switching_response, parse_request};
 use crate::proto::mask::apply_mask;
-use crate::transport::Transport;
+use crate::transport::{Transport, into_poll, read, write_all};
 
 /// Accepts and serves echo connections until the runtime stops.
 pub async fn serve(listener: TcpListener, pool: Rc<Pool>) {
@@ -25,11 +25,12 @@ pub async fn serve(listener: TcpListener, pool: Rc<Pool>) {
 }
 
 async fn connection(s: TcpStream, pool: Rc<Pool>) {
+    let Ok(mut s) = into_poll(s) else { return };
     // Handshake.
     let mut head = Vec::new();
     let mut chunk = [0u8; 4096];
     let (accept, rest) = loop {
-        let n = match s.read(&mut chunk).await {
+        let n = match read(&mut s, &mut chunk).await {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
@@ -39,12 +40,12 @@ async fn connection(s: TcpStream, pool: Rc<Pool>) {
             Ok(Some((req, len))) => break (req.accept_key(), head[len..].to_vec()),
             Ok(None) => continue,
             Err(rej) => {
-                let _ = s.write_all(&rej.response()).await;
+                let _ = write_all(&mut s, &rej.response()).await;
                 return;
             }
         }
     };
-    if s.write_all(&build_switching_response(&accept, None, None))
+    if write_all(&mut s, &build_switching_response(&accept, None, None))
         .await
         .is_err()
     {
@@ -86,7 +87,7 @@ async fn connection(s: TcpStream, pool: Rc<Pool>) {
                 let (op, data) = (*op, std::mem::take(data));
                 control = None;
                 if control_reply(op, &data, &mut out) {
-                    let _ = s.write_all(&out).await;
+                    let _ = write_all(&mut s, &out).await;
                     let _ = s.shutdown_write();
                     return;
                 }
@@ -114,20 +115,22 @@ async fn connection(s: TcpStream, pool: Rc<Pool>) {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    let _ = s
-                        .write_all(SmallFrame::close(e.close_code(), e.reason(), None).as_bytes())
-                        .await;
+                    let _ = write_all(
+                        &mut s,
+                        SmallFrame::close(e.close_code(), e.reason(), None).as_bytes(),
+                    )
+                    .await;
                     return;
                 }
             }
         }
-        if !out.is_empty() && s.write_all(&out).await.is_err() {
+        if !out.is_empty() && write_all(&mut s, &out).await.is_err() {
             return;
         }
         // Keep an incomplete header for the next read.
         buf.copy_within(pos..filled, 0);
         filled -= pos;
-        match s.read(&mut buf[filled..]).await {
+        match read(&mut s, &mut buf[filled..]).await {
             Ok(0) | Err(_) => return,
             Ok(n) => filled += n,
         }

@@ -1,28 +1,32 @@
 //! The relay: frames both ways between a client and its backend, after the
 //! handshake.
 //!
-//! Two pumps run concurrently in the connection's task, one per direction.
-//! A pump waits for its source to be readable (holding no buffer), takes a
-//! buffer from the worker's pool, reads, walks the frames in place
-//! (validating, unmasking only where it must look at the payload, re-masking
-//! client frames with a fresh key per frame) and writes the processed bytes
-//! to its destination out of the same buffer, then gives the buffer back. It
-//! reads nothing more until the destination has taken those bytes, so each
-//! direction has at most one buffer of bytes in flight (backpressure).
+//! A relayed connection is one hand-written future, [`Relay`], that owns
+//! both sockets and the small state of each direction. Each direction reads
+//! its source into a buffer borrowed from the worker's pool, walks the frames
+//! in place (validating, unmasking only where it must look at the payload,
+//! re-masking client frames with a fresh key per frame), writes the
+//! processed bytes to its destination out of the same buffer, and gives the
+//! buffer back. It reads nothing more until the destination has taken those
+//! bytes (backpressure: at most one buffer in flight per direction). A read
+//! that finds nothing returns the buffer at once, so an idle connection holds
+//! none.
 //!
-//! Each socket is written by exactly one pump: the client by the
-//! backend→client pump, the backend by the client→backend pump. A close
-//! frame that wsedge itself must send on a leg (a protocol error, a peer
-//! that vanished, idle timeout, shutdown) is posted to the pump that writes
-//! that leg, which sends it at the next frame boundary, or drops the TCP
-//! connection if that leg is in the middle of a frame: a stream is never
-//! corrupted. The close codes are listed in `docs/architecture.md`.
+//! Each socket is written by exactly one direction: the client by
+//! backend→client, the backend by client→backend. A close frame wsedge must
+//! send on a leg (a protocol error, a peer that vanished, idle timeout,
+//! shutdown) is posted for that leg and sent by the direction that writes
+//! it, at a frame boundary — or, if that leg is in the middle of a frame, the
+//! TCP connection is half-closed instead: a stream is never corrupted. The
+//! close codes are listed in `docs/architecture.md`.
 
 use std::cell::{Cell, RefCell};
-use std::future::poll_fn;
-use std::rc::Rc;
-use std::task::{Poll, Waker};
-use std::time::{Duration, Instant};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use monoio::time::{Instant, Sleep};
 
 use crate::pool::{Pool, PoolBuf};
 use crate::proto::close::{CloseCode, CloseValidator};
@@ -67,16 +71,12 @@ impl Leg {
             Leg::Backend => Leg::Client,
         }
     }
-
-    fn idx(self) -> usize {
-        self as usize
-    }
 }
 
 /// How a relayed connection ended, for the log line and the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {
-    /// Close frames went both ways (the code of the first one, if any).
+    /// Close frames went both ways.
     Closed {
         /// Who sent the first close frame.
         by: Leg,
@@ -108,114 +108,115 @@ pub struct Outcome {
     pub ending: Ending,
 }
 
-/// A one-waiter wake-up flag, for a pump's "a close was posted for you".
-#[derive(Default)]
-struct Signal {
-    set: Cell<bool>,
-    waker: Cell<Option<Waker>>,
+/// A worker-wide "shutting down" flag that wakes every relay registered
+/// with it. One per worker; relays register their waker once.
+#[derive(Debug, Default)]
+pub struct Shutdown {
+    fired: Cell<bool>,
+    wakers: RefCell<Vec<Option<Waker>>>,
+    free: RefCell<Vec<usize>>,
 }
 
-impl Signal {
-    fn notify(&self) {
-        self.set.set(true);
-        if let Some(w) = self.waker.take() {
+impl Shutdown {
+    /// Sets the flag and wakes every registered relay.
+    pub fn fire(&self) {
+        self.fired.set(true);
+        let wakers: Vec<Waker> = self.wakers.borrow().iter().flatten().cloned().collect();
+        for w in wakers {
             w.wake();
         }
     }
 
-    async fn wait(&self) {
-        poll_fn(|cx| {
-            if self.set.replace(false) {
-                Poll::Ready(())
-            } else {
-                self.waker.set(Some(cx.waker().clone()));
-                Poll::Pending
-            }
-        })
-        .await
+    /// Whether [`Shutdown::fire`] was called.
+    pub fn is_fired(&self) -> bool {
+        self.fired.get()
     }
+
+    fn register(&self, w: &Waker) -> usize {
+        let mut all = self.wakers.borrow_mut();
+        match self.free.borrow_mut().pop() {
+            Some(i) => {
+                all[i] = Some(w.clone());
+                i
+            }
+            None => {
+                all.push(Some(w.clone()));
+                all.len() - 1
+            }
+        }
+    }
+
+    fn update(&self, slot: usize, w: &Waker) {
+        let mut all = self.wakers.borrow_mut();
+        if !all[slot].as_ref().is_some_and(|old| old.will_wake(w)) {
+            all[slot] = Some(w.clone());
+        }
+    }
+
+    fn unregister(&self, slot: usize) {
+        self.wakers.borrow_mut()[slot] = None;
+        self.free.borrow_mut().push(slot);
+    }
+}
+
+/// Everything a relay needs from its worker.
+#[derive(Debug, Clone, Copy)]
+pub struct Worker<'a> {
+    /// The worker's buffer pool.
+    pub pool: &'a std::rc::Rc<Pool>,
+    /// The worker's masking keys.
+    pub keys: &'a RefCell<MaskKeyGen>,
+    /// The worker's shutdown flag.
+    pub shutdown: &'a Shutdown,
 }
 
 /// Close bookkeeping of one leg.
-#[derive(Default)]
+#[derive(Debug, Default, Clone, Copy)]
 struct LegState {
     /// A close frame came from this leg (or its TCP ended): read no more.
-    recv_close: Cell<bool>,
+    recv_close: bool,
     /// A close frame went to this leg (or its TCP is gone): write no more.
-    sent_close: Cell<bool>,
+    sent_close: bool,
     /// A close wsedge must send on this leg.
-    post: Cell<Option<(CloseCode, &'static str)>>,
-    /// Wakes the pump that writes this leg.
-    wake: Signal,
+    post: Option<(CloseCode, &'static str)>,
 }
 
-/// State the two pumps and the watchdog share. One per connection; only
-/// ever touched from the connection's own task.
-pub struct Shared {
+/// Close bookkeeping of the connection.
+#[derive(Debug, Default)]
+struct Closing {
     legs: [LegState; 2],
-    ending: Cell<Option<Ending>>,
-    /// Set when the first close begins: starts the close timer.
-    closing: Signal,
-    closing_started: Cell<bool>,
-    last_activity: Cell<Instant>,
-    track_activity: bool,
+    ending: Option<Ending>,
+    /// A close has begun somewhere: the close timer runs.
+    started: bool,
+    /// Something changed that the other direction must see: poll again.
+    repoll: bool,
 }
 
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared")
-            .field("ending", &self.ending.get())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Shared {
-    /// Fresh state for a connection about to be relayed.
-    pub fn new(track_activity: bool) -> Rc<Shared> {
-        Rc::new(Shared {
-            legs: Default::default(),
-            ending: Cell::new(None),
-            closing: Signal::default(),
-            closing_started: Cell::new(false),
-            last_activity: Cell::new(Instant::now()),
-            track_activity,
-        })
+impl Closing {
+    fn leg(&mut self, leg: Leg) -> &mut LegState {
+        &mut self.legs[leg as usize]
     }
 
-    fn leg(&self, leg: Leg) -> &LegState {
-        &self.legs[leg.idx()]
+    fn set_ending(&mut self, e: Ending) {
+        self.ending.get_or_insert(e);
     }
 
-    fn set_ending(&self, e: Ending) {
-        if self.ending.get().is_none() {
-            self.ending.set(Some(e));
-        }
-    }
-
-    fn begin_closing(&self) {
-        if !self.closing_started.replace(true) {
-            self.closing.notify();
-        }
-    }
-
-    /// Posts a close for `leg` (sent by the pump that writes it).
-    fn post_close(&self, leg: Leg, code: CloseCode, reason: &'static str) {
+    fn post_close(&mut self, leg: Leg, code: CloseCode, reason: &'static str) {
         let l = self.leg(leg);
-        if !l.sent_close.get() && l.post.get().is_none() {
-            l.post.set(Some((code, reason)));
-            l.wake.notify();
+        if !l.sent_close && l.post.is_none() {
+            l.post = Some((code, reason));
         }
-        self.begin_closing();
+        self.started = true;
+        self.repoll = true;
     }
 
-    /// A leg's TCP connection ended or failed: nothing more to read from or
-    /// write to it; the other side learns why.
-    fn leg_gone(&self, leg: Leg) {
+    /// A leg's TCP connection ended or failed: the other side learns why.
+    fn leg_gone(&mut self, leg: Leg) {
         let l = self.leg(leg);
-        let already = l.recv_close.get() && l.sent_close.get();
-        l.recv_close.set(true);
-        l.sent_close.set(true);
-        l.wake.notify();
+        let already = l.recv_close && l.sent_close;
+        l.recv_close = true;
+        l.sent_close = true;
+        self.repoll = true;
         if already {
             return;
         }
@@ -232,9 +233,9 @@ impl Shared {
 
     /// A leg broke the protocol: it gets the error's close code, the other
     /// side 1001 (client at fault) or 1014 (backend at fault).
-    fn protocol_error(&self, leg: Leg, e: ProtocolError) {
+    fn protocol_error(&mut self, leg: Leg, e: ProtocolError) {
         self.set_ending(Ending::ProtocolError(leg, e));
-        self.leg(leg).recv_close.set(true);
+        self.leg(leg).recv_close = true;
         self.post_close(leg, e.close_code(), e.reason());
         match leg {
             Leg::Client => {
@@ -246,24 +247,17 @@ impl Shared {
                 "backend protocol error",
             ),
         }
-        self.leg(leg.other()).wake.notify();
     }
 
     /// Starts closing both legs with 1001 (shutdown, idle timeout).
-    pub fn going_away(&self, why: Ending, reason: &'static str) {
+    fn going_away(&mut self, why: Ending, reason: &'static str) {
         self.set_ending(why);
         self.post_close(Leg::Client, CloseCode::GOING_AWAY, reason);
         self.post_close(Leg::Backend, CloseCode::GOING_AWAY, reason);
     }
-
-    fn touch(&self) {
-        if self.track_activity {
-            self.last_activity.set(Instant::now());
-        }
-    }
 }
 
-/// The frame a pump is in the middle of.
+/// The frame a direction is in the middle of.
 #[derive(Debug, Clone, Copy)]
 struct InFrame {
     remaining: u64,
@@ -275,148 +269,266 @@ struct InFrame {
     opcode: OpCode,
 }
 
-/// What processing one buffer found, besides the bytes to write.
+/// What walking one buffer found, besides the bytes to write.
+#[derive(Debug, Clone, Copy)]
 enum Event {
-    /// A complete close frame from the source (with its code).
-    Close(Option<CloseCode>),
+    /// A complete close frame from the source; `forwarded`: it goes out too.
+    Close {
+        code: Option<CloseCode>,
+        forwarded: bool,
+    },
     /// The source broke the protocol.
     Error(ProtocolError),
 }
 
-/// One direction: reads `src`, writes `dst`.
-struct Pump<'a, S, D> {
-    src: &'a S,
-    dst: &'a D,
-    src_leg: Leg,
-    dst_leg: Leg,
-    shared: &'a Shared,
-    pool: &'a Rc<Pool>,
-    keys: &'a RefCell<MaskKeyGen>,
+/// The result of walking one buffer.
+struct Walk {
+    /// Write `buf[..write_end]`.
+    write_end: usize,
+    /// After that write, the destination is in the middle of a frame.
+    open: bool,
+    /// What stopped the walk early, if anything.
+    event: Option<Event>,
+}
+
+/// A close frame of wsedge's own being written.
+struct Control {
+    frame: SmallFrame,
+    written: usize,
+}
+
+/// One direction's state: reads `src` leg, writes the other.
+struct Dir {
+    src: Leg,
+    /// Parse frames (else tunnel: copy bytes).
+    frames: bool,
     decode: DecodeConfig,
     msg: MessageState,
     frame: Option<InFrame>,
     close: CloseValidator,
     /// An incomplete header left at the end of the last buffer.
     carry: [u8; MAX_HEADER_LEN],
-    carry_len: usize,
-    /// Bytes that arrived with the handshake, relayed before any read.
-    pending: Vec<u8>,
-    /// `dst` has a frame begun but not finished on the wire.
+    carry_len: u8,
+    /// The destination has a frame begun but not finished on the wire.
     out_open: bool,
+    /// After the pending write: `out_open` becomes this.
+    open_after: bool,
+    /// Bytes being written: `out[written..write_end]`.
+    out: Option<PoolBuf>,
+    written: usize,
+    write_end: usize,
+    /// To handle once the pending write is done.
+    after: Option<Event>,
+    /// A close frame of wsedge's own being written.
+    control: Option<Box<Control>>,
+    /// Bytes that came with the handshake, relayed before any read.
+    pending: Vec<u8>,
     bytes_in: u64,
 }
 
-impl<S: Transport, D: Transport> Pump<'_, S, D> {
-    async fn run(mut self) -> u64 {
-        let shared = self.shared;
+impl Dir {
+    fn new(src: Leg, cfg: &RelayConfig, pending: Vec<u8>) -> Dir {
+        let peer = match src {
+            Leg::Client => Peer::Client,
+            Leg::Backend => Peer::Server,
+        };
+        Dir {
+            src,
+            frames: cfg.frames,
+            decode: DecodeConfig {
+                peer,
+                max_payload: cfg.max_message_size,
+                allowed_rsv: if cfg.compressed { RSV1 } else { 0 },
+            },
+            msg: MessageState::new(MessageConfig {
+                max_message_size: cfg.max_message_size,
+                validate_utf8: cfg.validate_utf8,
+            }),
+            frame: None,
+            close: CloseValidator::new(),
+            carry: [0; MAX_HEADER_LEN],
+            carry_len: 0,
+            out_open: false,
+            open_after: false,
+            out: None,
+            written: 0,
+            write_end: 0,
+            after: None,
+            control: None,
+            pending,
+            bytes_in: 0,
+        }
+    }
+
+    /// Drives this direction as far as it goes without blocking. `true`
+    /// once it is finished: its source closed and its destination closed.
+    fn poll<S: Transport, D: Transport>(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut S,
+        dst: &mut D,
+        cl: &mut Closing,
+        w: &Worker<'_>,
+    ) -> Poll<()> {
+        let (sl, dl) = (self.src, self.src.other());
+        let frames = self.frames;
         loop {
-            self.send_posted_close().await;
-            let (src, dst) = (shared.leg(self.src_leg), shared.leg(self.dst_leg));
-            if src.recv_close.get() && dst.sent_close.get() {
-                break;
-            }
-            if src.recv_close.get() {
-                dst.wake.wait().await;
-                continue;
-            }
-            if self.pending.is_empty() {
-                monoio::select! {
-                    r = self.src.readable() => if r.is_err() {
-                        self.shared.leg_gone(self.src_leg);
-                        continue;
-                    },
-                    _ = dst.wake.wait() => continue,
-                }
-            }
-            let mut buf = self.pool.take();
-            buf[..self.carry_len].copy_from_slice(&self.carry[..self.carry_len]);
-            let start = self.carry_len;
-            let n = if self.pending.is_empty() {
-                match self.src.try_read(&mut buf[start..]) {
-                    Ok(0) => {
-                        self.shared.leg_gone(self.src_leg);
-                        continue;
-                    }
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(_) => {
-                        self.shared.leg_gone(self.src_leg);
-                        continue;
+            // 1. Finish writing what was read.
+            if let Some(buf) = &self.out {
+                while self.written < self.write_end {
+                    match dst.poll_write(cx, &buf[self.written..self.write_end]) {
+                        Poll::Ready(Ok(n)) if n > 0 => self.written += n,
+                        Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Poll::Ready(_) => {
+                            // The destination is gone.
+                            self.out = None;
+                            self.after = None;
+                            cl.leg_gone(dl);
+                            break;
+                        }
+                        Poll::Pending => return Poll::Pending,
                     }
                 }
-            } else {
-                let n = self.pending.len().min(buf.len() - start);
-                buf[start..start + n].copy_from_slice(&self.pending[..n]);
+                if self.out.take().is_some() {
+                    self.out_open = self.open_after;
+                    match self.after.take() {
+                        None => {}
+                        Some(Event::Close { code, forwarded }) => {
+                            cl.leg(sl).recv_close = true;
+                            if forwarded {
+                                cl.leg(dl).sent_close = true;
+                                cl.set_ending(Ending::Closed {
+                                    by: sl,
+                                    code: code.map(|c| c.0),
+                                });
+                            }
+                            cl.started = true;
+                            cl.repoll = true;
+                        }
+                        Some(Event::Error(e)) => cl.protocol_error(sl, e),
+                    }
+                }
+            }
+
+            // 2. A close of wsedge's own to send on the destination.
+            if self.control.is_none() {
+                if let Some((code, reason)) = cl.leg(dl).post.take() {
+                    if !cl.leg(dl).sent_close {
+                        cl.leg(dl).sent_close = true;
+                        if self.out_open || !frames {
+                            // Mid-frame (or a tunnel): no close frame can go
+                            // out cleanly; end the TCP stream instead.
+                            let _ = dst.shutdown_write();
+                            if frames {
+                                cl.leg(dl).recv_close = true;
+                            }
+                            cl.repoll = true;
+                        } else {
+                            let mask = (dl == Leg::Backend).then(|| w.keys.borrow_mut().next_key());
+                            self.control = Some(Box::new(Control {
+                                frame: SmallFrame::close(code, reason, mask),
+                                written: 0,
+                            }));
+                        }
+                    }
+                }
+            }
+            if let Some(c) = &mut self.control {
+                let bytes = c.frame.as_bytes();
+                while c.written < bytes.len() {
+                    match dst.poll_write(cx, &bytes[c.written..]) {
+                        Poll::Ready(Ok(n)) if n > 0 => c.written += n,
+                        Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Poll::Ready(_) => {
+                            // Gone: no close reply will come either.
+                            cl.leg(dl).recv_close = true;
+                            cl.repoll = true;
+                            break;
+                        }
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                self.control = None;
+            }
+
+            // 3. Finished, or waiting only for a close to send?
+            if cl.leg(sl).recv_close {
+                return if cl.leg(dl).sent_close {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                };
+            }
+
+            // 4. Read. The buffer goes back to the pool if nothing is there.
+            let mut buf = w.pool.take();
+            let carry = self.carry_len as usize;
+            buf[..carry].copy_from_slice(&self.carry[..carry]);
+            let n = if !self.pending.is_empty() {
+                let n = self.pending.len().min(buf.len() - carry);
+                buf[carry..carry + n].copy_from_slice(&self.pending[..n]);
                 self.pending.drain(..n);
+                if self.pending.is_empty() {
+                    self.pending = Vec::new();
+                }
                 n
+            } else {
+                match src.poll_read(cx, &mut buf[carry..]) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(0)) => {
+                        self.source_ended(cl, frames);
+                        continue;
+                    }
+                    Poll::Ready(Ok(n)) => n,
+                    Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Poll::Ready(Err(_)) => {
+                        self.source_ended(cl, frames);
+                        continue;
+                    }
+                }
             };
             self.bytes_in += n as u64;
-            self.shared.touch();
             self.carry_len = 0;
-            self.relay_buffer(buf, start + n).await;
-        }
-        self.bytes_in
-    }
-
-    /// Processes `buf[..len]` in place, writes what passed, handles events.
-    async fn relay_buffer(&mut self, mut buf: PoolBuf, len: usize) {
-        let forwarding = !self.shared.leg(self.dst_leg).sent_close.get();
-        let walk = self.process(&mut buf[..len], forwarding);
-        if walk.write_end > 0 {
-            if self.dst.write_all(&buf[..walk.write_end]).await.is_err() {
-                self.shared.leg_gone(self.dst_leg);
-                return;
-            }
-            self.out_open = walk.open;
-        }
-        drop(buf);
-        match walk.event {
-            None => {}
-            Some(Event::Close(code)) => {
-                let shared = self.shared;
-                shared.leg(self.src_leg).recv_close.set(true);
-                if forwarding {
-                    shared.leg(self.dst_leg).sent_close.set(true);
-                    shared.set_ending(Ending::Closed {
-                        by: self.src_leg,
-                        code: code.map(|c| c.0),
-                    });
+            let len = carry + n;
+            let forwarding = !cl.leg(dl).sent_close;
+            let walk = if frames {
+                self.walk(&mut buf[..len], forwarding, w.keys)
+            } else {
+                Walk {
+                    write_end: if forwarding { len } else { 0 },
+                    open: false,
+                    event: None,
                 }
-                shared.begin_closing();
-            }
-            Some(Event::Error(e)) => self.shared.protocol_error(self.src_leg, e),
+            };
+            self.out = Some(buf);
+            self.written = 0;
+            self.write_end = walk.write_end;
+            self.open_after = if walk.write_end > 0 {
+                walk.open
+            } else {
+                self.out_open
+            };
+            self.after = walk.event;
         }
     }
 
-    /// Sends a close posted for `dst`, at a frame boundary; mid-frame, the
-    /// TCP connection is dropped instead.
-    async fn send_posted_close(&mut self) {
-        let leg = self.shared.leg(self.dst_leg);
-        let Some((code, reason)) = leg.post.take() else {
-            return;
-        };
-        if leg.sent_close.get() {
-            return;
-        }
-        leg.sent_close.set(true);
-        if self.out_open {
-            let _ = self.dst.shutdown_write();
-            leg.recv_close.set(true);
-            return;
-        }
-        let mask = (self.dst_leg == Leg::Backend).then(|| self.keys.borrow_mut().next_key());
-        let frame = SmallFrame::close(code, reason, mask);
-        if self.dst.write_all(frame.as_bytes()).await.is_err() {
-            leg.recv_close.set(true);
+    /// The source's TCP stream ended (EOF or error) without a close frame.
+    fn source_ended(&mut self, cl: &mut Closing, frames: bool) {
+        if frames {
+            cl.leg_gone(self.src);
+        } else {
+            // Tunnel: pass the end on as a half-close; the other direction
+            // goes on until its own source ends.
+            cl.leg(self.src).recv_close = true;
+            cl.post_close(self.src.other(), CloseCode::GOING_AWAY, "");
         }
     }
 
     /// Walks the frames in `buf`: validates, re-masks in place. Says how
-    /// many leading bytes to write and whether `dst` is then mid-frame.
-    fn process(&mut self, buf: &mut [u8], forwarding: bool) -> Walk {
+    /// many leading bytes to write and whether the destination is then
+    /// mid-frame.
+    fn walk(&mut self, buf: &mut [u8], forwarding: bool, keys: &RefCell<MaskKeyGen>) -> Walk {
         let mut pos = 0;
-        let mut write_end = 0;
         // Where the current frame's header sits in this buffer, if it does.
         let mut frame_start: Option<usize> = None;
         let done = |write_end: usize, open: bool, event| Walk {
@@ -424,8 +536,9 @@ impl<S: Transport, D: Transport> Pump<'_, S, D> {
             open: forwarding && open,
             event,
         };
-        // A frame found bad after its start: drop it. If its header went out
-        // with an earlier buffer, `dst` stays mid-frame (and will be dropped).
+        // A frame found bad after its start is dropped. If its header went
+        // out with an earlier buffer, the destination stays mid-frame (and
+        // gets its TCP connection ended instead of a close frame).
         let bad_frame = |frame_start: Option<usize>, e| match frame_start {
             Some(at) => done(at, false, Some(Event::Error(e))),
             None => Walk {
@@ -443,15 +556,21 @@ impl<S: Transport, D: Transport> Pump<'_, S, D> {
                 f.remaining -= n as u64;
                 f.offset += n as u64;
                 pos += n;
-                write_end = pos;
                 if f.remaining > 0 {
-                    return done(write_end, true, None);
+                    return done(pos, true, None);
                 }
                 let opcode = f.opcode;
                 self.frame = None;
                 if opcode == OpCode::Close {
                     return match self.close.finish() {
-                        Ok(code) => done(write_end, false, Some(Event::Close(code))),
+                        Ok(code) => done(
+                            pos,
+                            false,
+                            Some(Event::Close {
+                                code,
+                                forwarded: forwarding,
+                            }),
+                        ),
                         Err(e) => bad_frame(frame_start, e),
                     };
                 }
@@ -466,10 +585,10 @@ impl<S: Transport, D: Transport> Pump<'_, S, D> {
                 Ok(None) => {
                     let rest = buf.len() - pos;
                     self.carry[..rest].copy_from_slice(&buf[pos..]);
-                    self.carry_len = rest;
-                    return done(write_end, false, None);
+                    self.carry_len = rest as u8;
+                    return done(pos, false, None);
                 }
-                Err(e) => return done(write_end, false, Some(Event::Error(e))),
+                Err(e) => return done(pos, false, Some(Event::Error(e))),
             };
             let inspect = match self.msg.on_header(&h) {
                 Ok(FrameKind::Data { validate_utf8 }) => validate_utf8,
@@ -478,11 +597,11 @@ impl<S: Transport, D: Transport> Pump<'_, S, D> {
                     true
                 }
                 Ok(FrameKind::Control(_)) => false,
-                Err(e) => return done(write_end, false, Some(Event::Error(e))),
+                Err(e) => return done(pos, false, Some(Event::Error(e))),
             };
             let dst_key = h.mask.map(|_| {
-                // Client frame: a fresh key replaces the client's in place.
-                let key = self.keys.borrow_mut().next_key();
+                // A client frame: a fresh key replaces the client's, in place.
+                let key = keys.borrow_mut().next_key();
                 buf[pos + hlen - 4..pos + hlen].copy_from_slice(&key);
                 key
             });
@@ -496,23 +615,12 @@ impl<S: Transport, D: Transport> Pump<'_, S, D> {
             });
             frame_start = Some(pos);
             pos += hlen;
-            write_end = pos;
         }
     }
 }
 
-/// The result of walking one buffer.
-struct Walk {
-    /// Write `buf[..write_end]`.
-    write_end: usize,
-    /// After that write, `dst` is in the middle of a frame.
-    open: bool,
-    /// What stopped the walk early, if anything.
-    event: Option<Event>,
-}
-
-/// Handles one chunk of a frame's payload in place: unmask/validate/mask
-/// where the payload must be looked at, one-pass re-mask otherwise.
+/// Handles one chunk of a frame's payload in place: unmask, validate, mask
+/// where the payload must be looked at; a one-pass re-mask otherwise.
 #[inline]
 fn payload(
     chunk: &mut [u8],
@@ -543,190 +651,163 @@ fn payload(
     Ok(())
 }
 
-/// Everything a relay needs from its worker.
-#[derive(Debug, Clone, Copy)]
-pub struct Worker<'a> {
-    /// The worker's buffer pool.
-    pub pool: &'a Rc<Pool>,
-    /// The worker's masking keys.
-    pub keys: &'a RefCell<MaskKeyGen>,
+/// A relayed connection: resolves when both close handshakes are done (or
+/// timed out), with what happened.
+pub struct Relay<'a, C, B> {
+    client: C,
+    backend: B,
+    up: Dir,
+    down: Dir,
+    closing: Closing,
+    worker: Worker<'a>,
+    frames: bool,
+    close_timeout: Duration,
+    idle_timeout: Duration,
+    close_timer: Option<Pin<Box<Sleep>>>,
+    idle_timer: Option<Pin<Box<Sleep>>>,
+    /// Bytes read both ways at the last idle check.
+    activity_seen: u64,
+    up_done: bool,
+    down_done: bool,
+    shutdown_slot: Option<usize>,
 }
 
-/// Relays between `client` and `backend` until both close handshakes are
-/// done (or time out). `from_client` / `from_backend` are bytes that came
-/// with the handshakes, relayed first.
-pub async fn relay<C: Transport, B: Transport>(
-    client: &C,
-    backend: &B,
-    from_client: Vec<u8>,
-    from_backend: Vec<u8>,
-    cfg: &RelayConfig,
-    worker: Worker<'_>,
-    shared: &Shared,
-) -> Outcome {
-    if !cfg.frames {
-        return tunnel(
+impl<C, B> std::fmt::Debug for Relay<'_, C, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("closing", &self.closing)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a, C: Transport, B: Transport> Relay<'a, C, B> {
+    /// A relay between `client` and `backend`. `from_client` and
+    /// `from_backend` are bytes that came after the handshake heads,
+    /// relayed first.
+    pub fn new(
+        client: C,
+        backend: B,
+        from_client: Vec<u8>,
+        from_backend: Vec<u8>,
+        cfg: &RelayConfig,
+        worker: Worker<'a>,
+    ) -> Self {
+        Relay {
             client,
             backend,
-            from_client,
-            from_backend,
-            worker.pool,
-            shared,
-            cfg,
-        )
-        .await;
+            up: Dir::new(Leg::Client, cfg, from_client),
+            down: Dir::new(Leg::Backend, cfg, from_backend),
+            closing: Closing::default(),
+            worker,
+            frames: cfg.frames,
+            close_timeout: cfg.close_timeout,
+            idle_timeout: cfg.idle_timeout,
+            close_timer: None,
+            idle_timer: None,
+            activity_seen: 0,
+            up_done: false,
+            down_done: false,
+            shutdown_slot: None,
+        }
     }
-    let msg = MessageConfig {
-        max_message_size: cfg.max_message_size,
-        validate_utf8: cfg.validate_utf8,
-    };
-    let decode = |peer| DecodeConfig {
-        peer,
-        max_payload: cfg.max_message_size,
-        allowed_rsv: if cfg.compressed { RSV1 } else { 0 },
-    };
-    let up = Pump {
-        src: client,
-        dst: backend,
-        src_leg: Leg::Client,
-        dst_leg: Leg::Backend,
-        shared,
-        pool: worker.pool,
-        keys: worker.keys,
-        decode: decode(Peer::Client),
-        msg: MessageState::new(msg),
-        frame: None,
-        close: CloseValidator::new(),
-        carry: [0; MAX_HEADER_LEN],
-        carry_len: 0,
-        pending: from_client,
-        out_open: false,
-        bytes_in: 0,
-    };
-    let down = Pump {
-        src: backend,
-        dst: client,
-        src_leg: Leg::Backend,
-        dst_leg: Leg::Client,
-        shared,
-        pool: worker.pool,
-        keys: worker.keys,
-        decode: decode(Peer::Server),
-        msg: MessageState::new(msg),
-        frame: None,
-        close: CloseValidator::new(),
-        carry: [0; MAX_HEADER_LEN],
-        carry_len: 0,
-        pending: from_backend,
-        out_open: false,
-        bytes_in: 0,
-    };
-    let pumps = async { monoio::join!(up.run(), down.run()) };
-    monoio::select! {
-        (a, b) = pumps => {
-            // The server side closes the client's TCP connection first (RFC 6455 §7.1.1).
-            let _ = client.shutdown_write();
-            Outcome { from_client: a, from_backend: b, ending: shared.ending.get().unwrap_or(Ending::CloseTimeout) }
-        },
-        _ = watchdog(shared, cfg) => {
-            Outcome { from_client: 0, from_backend: 0, ending: Ending::CloseTimeout }
-        },
+
+    fn outcome(&self, ending: Ending) -> Outcome {
+        Outcome {
+            from_client: self.up.bytes_in,
+            from_backend: self.down.bytes_in,
+            ending,
+        }
     }
 }
 
-/// Idle timeout, then close timeout: returns when the connection must be
-/// dropped without waiting any longer.
-async fn watchdog(shared: &Shared, cfg: &RelayConfig) {
-    if !shared.closing_started.get() {
-        if cfg.idle_timeout.is_zero() {
-            shared.closing.wait().await;
-        } else {
-            loop {
-                let idle_for = shared.last_activity.get().elapsed();
-                if idle_for >= cfg.idle_timeout {
-                    shared.going_away(Ending::Idle, "idle timeout");
-                    break;
+impl<C: Transport, B: Transport> Future for Relay<'_, C, B> {
+    type Output = Outcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let this = self.get_mut();
+        let shutdown = this.worker.shutdown;
+        match this.shutdown_slot {
+            None => this.shutdown_slot = Some(shutdown.register(cx.waker())),
+            Some(slot) => shutdown.update(slot, cx.waker()),
+        }
+        if shutdown.is_fired() && !this.closing.started {
+            this.closing
+                .going_away(Ending::Shutdown, "server shutting down");
+        }
+        if !this.idle_timeout.is_zero() && this.idle_timer.is_none() {
+            this.idle_timer = Some(Box::pin(monoio::time::sleep(this.idle_timeout)));
+        }
+        loop {
+            this.closing.repoll = false;
+            let w = this.worker;
+            if !this.up_done {
+                let r = this.up.poll(
+                    cx,
+                    &mut this.client,
+                    &mut this.backend,
+                    &mut this.closing,
+                    &w,
+                );
+                this.up_done = r.is_ready();
+            }
+            if !this.down_done {
+                let r = this.down.poll(
+                    cx,
+                    &mut this.backend,
+                    &mut this.client,
+                    &mut this.closing,
+                    &w,
+                );
+                this.down_done = r.is_ready();
+            }
+            if this.up_done && this.down_done {
+                // The server side closes the client's TCP connection first
+                // (RFC 6455 §7.1.1).
+                let _ = this.client.shutdown_write();
+                let ending = if this.frames {
+                    this.closing.ending
+                } else {
+                    Some(Ending::TunnelEnded)
+                };
+                return Poll::Ready(this.outcome(ending.unwrap_or(Ending::TunnelEnded)));
+            }
+            if this.closing.started && this.close_timer.is_none() {
+                this.close_timer = Some(Box::pin(monoio::time::sleep(this.close_timeout)));
+            }
+            if let Some(t) = &mut this.close_timer {
+                if t.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(this.outcome(Ending::CloseTimeout));
                 }
-                monoio::select! {
-                    _ = shared.closing.wait() => break,
-                    _ = monoio::time::sleep(cfg.idle_timeout - idle_for) => {},
+            }
+            if !this.closing.started {
+                if let Some(t) = &mut this.idle_timer {
+                    if t.as_mut().poll(cx).is_ready() {
+                        let activity = this.up.bytes_in + this.down.bytes_in;
+                        if activity == this.activity_seen {
+                            if this.frames {
+                                this.closing.going_away(Ending::Idle, "idle timeout");
+                            } else {
+                                return Poll::Ready(this.outcome(Ending::Idle));
+                            }
+                        } else {
+                            this.activity_seen = activity;
+                            t.as_mut().reset(Instant::now() + this.idle_timeout);
+                            this.closing.repoll = true;
+                        }
+                    }
                 }
+            }
+            if !this.closing.repoll {
+                return Poll::Pending;
             }
         }
     }
-    monoio::time::sleep(cfg.close_timeout).await;
 }
 
-/// Tunnel mode: bytes both ways, no frame parsing. Ends when both streams
-/// have ended (each end passed on as a TCP half-close).
-async fn tunnel<C: Transport, B: Transport>(
-    client: &C,
-    backend: &B,
-    from_client: Vec<u8>,
-    from_backend: Vec<u8>,
-    pool: &Rc<Pool>,
-    shared: &Shared,
-    cfg: &RelayConfig,
-) -> Outcome {
-    async fn copy<S: Transport, D: Transport>(
-        src: &S,
-        dst: &D,
-        pending: Vec<u8>,
-        pool: &Rc<Pool>,
-        shared: &Shared,
-    ) -> u64 {
-        let mut total = pending.len() as u64;
-        if !pending.is_empty() && dst.write_all(&pending).await.is_err() {
-            return total;
+impl<C, B> Drop for Relay<'_, C, B> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.shutdown_slot {
+            self.worker.shutdown.unregister(slot);
         }
-        loop {
-            if src.readable().await.is_err() {
-                break;
-            }
-            let mut buf = pool.take();
-            let n = match src.try_read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    continue;
-                }
-                Err(_) => break,
-            };
-            total += n as u64;
-            shared.touch();
-            if dst.write_all(&buf[..n]).await.is_err() {
-                break;
-            }
-        }
-        let _ = dst.shutdown_write();
-        total
-    }
-    let both = async {
-        monoio::join!(
-            copy(client, backend, from_client, pool, shared),
-            copy(backend, client, from_backend, pool, shared)
-        )
-    };
-    let idle = async {
-        if cfg.idle_timeout.is_zero() {
-            std::future::pending::<()>().await;
-        }
-        loop {
-            let idle_for = shared.last_activity.get().elapsed();
-            if idle_for >= cfg.idle_timeout {
-                return;
-            }
-            monoio::time::sleep(cfg.idle_timeout - idle_for).await;
-        }
-    };
-    monoio::select! {
-        (a, b) = both => Outcome { from_client: a, from_backend: b, ending: Ending::TunnelEnded },
-        _ = idle => Outcome { from_client: 0, from_backend: 0, ending: Ending::Idle },
-        _ = shared.closing.wait() => Outcome { from_client: 0, from_backend: 0, ending: shared.ending.get().unwrap_or(Ending::Shutdown) },
     }
 }

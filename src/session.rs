@@ -11,6 +11,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
+use monoio::net::tcp::stream_poll::TcpStreamPoll;
 use tracing::{debug, info, warn};
 
 use crate::config::{RelayMode, Route, Server};
@@ -18,8 +19,8 @@ use crate::proto::handshake::{
     self, BackendRequest, BackendResponse, Expect, build_backend_request, build_switching_response,
     parse_request, parse_response, simple_response,
 };
-use crate::relay::{self, Ending, Outcome, RelayConfig, Shared};
-use crate::transport::Transport;
+use crate::relay::{self, Ending, Outcome, Relay, RelayConfig};
+use crate::transport::{self, Transport, into_poll};
 use crate::worker::WorkerCtx;
 
 /// Why a session ended before relaying.
@@ -35,7 +36,14 @@ enum Refused {
 pub async fn serve(ctx: Rc<WorkerCtx>, client: TcpStream, peer: SocketAddr) {
     let _ = client.set_nodelay(true);
     let started = Instant::now();
-    let result = proxy(&ctx, &client, peer).await;
+    let client = match into_poll(client) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(worker = ctx.id, client = %peer, "cannot register the socket: {e}");
+            return;
+        }
+    };
+    let result = proxy(&ctx, client, peer).await;
     match result {
         Ok((path, backend, outcome)) => {
             ctx.stats.record_ending(&outcome.ending);
@@ -78,15 +86,15 @@ fn describe(e: &Ending) -> String {
 }
 
 /// Writes an HTTP error to the client and half-closes.
-async fn answer<T: Transport>(client: &T, timeout: Duration, bytes: &[u8]) {
-    let _ = monoio::time::timeout(timeout, client.write_all(bytes)).await;
+async fn answer<T: Transport>(client: &mut T, timeout: Duration, bytes: &[u8]) {
+    let _ = monoio::time::timeout(timeout, transport::write_all(client, bytes)).await;
     let _ = client.shutdown_write();
 }
 
 /// Reads into `buf` until `complete(buf)` says the head is whole or bad.
 /// `Ok(false)` on EOF before that.
 async fn read_head<T: Transport>(
-    s: &T,
+    s: &mut T,
     buf: &mut Vec<u8>,
     max: usize,
     mut complete: impl FnMut(&[u8]) -> bool,
@@ -99,20 +107,22 @@ async fn read_head<T: Transport>(
             // The parser refuses oversized heads itself; never read past them.
             return Ok(true);
         }
-        let filled = buf.len();
-        buf.resize(filled + 4096.min(max + 1 - filled).max(1), 0);
-        let n = s.read(&mut buf[filled..]).await;
-        buf.truncate(filled + *n.as_ref().unwrap_or(&0));
-        if n? == 0 {
+        // Read into a chunk of its own: if a timeout cancels the read, `buf`
+        // holds only bytes that arrived.
+        let mut chunk = [0u8; 2048];
+        let room = (max + 1 - buf.len()).min(chunk.len());
+        let n = transport::read(s, &mut chunk[..room]).await?;
+        if n == 0 {
             return Ok(false);
         }
+        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
 /// What a completed handshake hands to the relay. The handshake's own
 /// buffers (heads, header arrays) are freed before relaying starts.
 struct Upgraded {
-    backend: TcpStream,
+    backend: TcpStreamPoll,
     server: Server,
     path: String,
     route: usize,
@@ -123,12 +133,12 @@ struct Upgraded {
 
 async fn proxy(
     ctx: &WorkerCtx,
-    client: &TcpStream,
+    mut client: TcpStreamPoll,
     peer: SocketAddr,
 ) -> Result<(String, Server, Outcome), Refused> {
     // Boxed: the handshake's state is large and short-lived; inline, it
     // would size every connection's task for its whole life.
-    let up = Box::pin(handshake(ctx, client, peer)).await?;
+    let up = Box::pin(handshake(ctx, &mut client, peer)).await?;
     let cfg = &ctx.config;
     let route = &cfg.routes[up.route];
     let relay_cfg = RelayConfig {
@@ -139,23 +149,20 @@ async fn proxy(
         close_timeout: cfg.timeouts.close,
         idle_timeout: cfg.timeouts.idle,
     };
-    let shared = Shared::new(!cfg.timeouts.idle.is_zero());
-    let slot = ctx.register(&shared);
     let worker = relay::Worker {
         pool: &ctx.pool,
         keys: &ctx.keys,
+        shutdown: &ctx.shutdown,
     };
-    let outcome = relay::relay(
+    let relay = Relay::new(
         client,
-        &up.backend,
+        up.backend,
         up.from_client,
         up.from_backend,
         &relay_cfg,
         worker,
-        &shared,
-    )
-    .await;
-    ctx.unregister(slot);
+    );
+    let outcome = relay.await;
     ctx.stats.bytes_from_client.add(outcome.from_client);
     ctx.stats.bytes_from_backend.add(outcome.from_backend);
     Ok((up.path, up.server, outcome))
@@ -163,7 +170,7 @@ async fn proxy(
 
 async fn handshake(
     ctx: &WorkerCtx,
-    client: &TcpStream,
+    client: &mut TcpStreamPoll,
     peer: SocketAddr,
 ) -> Result<Upgraded, Refused> {
     let cfg = &ctx.config;
@@ -232,7 +239,7 @@ async fn handshake(
     };
 
     // 3. Backend connect (each server of the upstream once, round-robin start).
-    let (backend, server) = match connect_upstream(ctx, route).await {
+    let (mut backend, server) = match connect_upstream(ctx, route).await {
         Ok(x) => x,
         Err((status, why)) => {
             answer(
@@ -275,7 +282,7 @@ async fn handshake(
     let backend_failed =
         |status: u16, why: String| Refused::Answered(status, format!("backend {server}: {why}"));
 
-    match monoio::time::timeout(hs_timeout, backend.write_all(&request)).await {
+    match monoio::time::timeout(hs_timeout, transport::write_all(&mut backend, &request)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             answer(
@@ -304,13 +311,30 @@ async fn handshake(
     }
 
     let mut resp = Vec::with_capacity(512);
-    let resp_read = monoio::time::timeout(
-        hs_timeout,
-        read_head(&backend, &mut resp, limits.max_head_bytes, |b| {
+    let resp_read = monoio::time::timeout(hs_timeout, async {
+        loop {
+            let r = read_head(&mut backend, &mut resp, limits.max_head_bytes, |b| {
+                let mut h = vec![httparse::EMPTY_HEADER; probe_headers];
+                !matches!(parse_response(b, &mut h, &limits, &expect), Ok(None))
+            })
+            .await;
+            if !matches!(r, Ok(true)) {
+                return r;
+            }
+            // An interim answer (103 Early Hints, ...) is skipped: the 101
+            // or the final answer follows it.
             let mut h = vec![httparse::EMPTY_HEADER; probe_headers];
-            !matches!(parse_response(b, &mut h, &limits, &expect), Ok(None))
-        }),
-    )
+            let interim = match parse_response(&resp, &mut h, &limits, &expect) {
+                Ok(Some((BackendResponse::Interim { .. }, n))) => Some(n),
+                _ => None,
+            };
+            drop(h);
+            match interim {
+                Some(n) => drop(resp.drain(..n)),
+                None => return r,
+            }
+        }
+    })
     .await;
     match resp_read {
         Err(_) => {
@@ -362,7 +386,7 @@ async fn handshake(
                 BackendResponse::Other { status } | BackendResponse::Interim { status },
                 n,
             ))) => {
-                relay_answer(ctx, client, &backend, &resp, n).await;
+                relay_answer(ctx, client, &mut backend, &resp, n).await;
                 return Err(backend_failed(
                     status,
                     format!("answered {status}, relayed to the client"),
@@ -386,7 +410,7 @@ async fn handshake(
     // 5. Answer the client.
     let switching = build_switching_response(&req.accept_key(), protocol, extensions);
     if !matches!(
-        monoio::time::timeout(hs_timeout, client.write_all(&switching)).await,
+        monoio::time::timeout(hs_timeout, transport::write_all(client, &switching)).await,
         Ok(Ok(()))
     ) {
         return Err(Refused::Silent("client left before the 101 was written"));
@@ -413,8 +437,8 @@ async fn handshake(
 /// Relays a backend's non-101 answer (head and a bounded body) to the client.
 async fn relay_answer(
     ctx: &WorkerCtx,
-    client: &TcpStream,
-    backend: &TcpStream,
+    client: &mut TcpStreamPoll,
+    backend: &mut TcpStreamPoll,
     resp: &[u8],
     head_len: usize,
 ) {
@@ -437,15 +461,11 @@ async fn relay_answer(
     let mut body = resp[head_len..].to_vec();
     let want = length.unwrap_or(max).min(max);
     let _ = monoio::time::timeout(t, async {
+        let mut chunk = [0u8; 2048];
         while body.len() < want {
-            let filled = body.len();
-            body.resize(want, 0);
-            match backend.read(&mut body[filled..]).await {
-                Ok(0) | Err(_) => {
-                    body.truncate(filled);
-                    break;
-                }
-                Ok(n) => body.truncate(filled + n),
+            match transport::read(backend, &mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => body.extend_from_slice(&chunk[..n]),
             }
         }
     })
@@ -461,7 +481,7 @@ async fn relay_answer(
 async fn connect_upstream(
     ctx: &WorkerCtx,
     route: &Route,
-) -> Result<(TcpStream, Server), (u16, String)> {
+) -> Result<(TcpStreamPoll, Server), (u16, String)> {
     let upstream = &ctx.config.upstreams[route.upstream];
     let n = upstream.servers.len();
     let start = ctx.next_rr(route.upstream);
@@ -481,7 +501,10 @@ async fn connect_upstream(
         {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
-                return Ok((s, server));
+                match into_poll(s) {
+                    Ok(s) => return Ok((s, server)),
+                    Err(e) => last_err = format!("registering the socket to {server}: {e}"),
+                }
             }
             Ok(Err(e)) => {
                 warn!(worker = ctx.id, backend = %server, "connect failed: {e}");

@@ -1,38 +1,8 @@
-//! The few raw socket calls the data path makes, each a single `libc` call.
-//!
-//! Sockets from the io_uring driver are blocking, so every call passes
-//! `MSG_DONTWAIT`: the worker thread never blocks, whichever driver runs.
+//! The few raw system calls wsedge makes itself (socket half-close, signal
+//! masks), each a single `libc` call.
 
 use std::io;
 use std::os::fd::RawFd;
-
-/// `recv(fd, buf, MSG_DONTWAIT)`.
-#[inline]
-pub fn recv_nonblocking(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is a valid, writable region of `buf.len()` bytes for the
-    // duration of the call; `recv` writes at most that many bytes into it.
-    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
-/// `send(fd, buf, MSG_DONTWAIT | MSG_NOSIGNAL)`: a peer that went away is
-/// an `EPIPE` error, not a `SIGPIPE`.
-#[inline]
-pub fn send_nonblocking(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
-    // SAFETY: `buf` is a valid, readable region of `buf.len()` bytes for the
-    // duration of the call; `send` only reads from it.
-    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), flags) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
 
 /// `shutdown(fd, SHUT_WR)`.
 pub fn shutdown_write(fd: RawFd) -> io::Result<()> {

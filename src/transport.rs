@@ -1,82 +1,82 @@
-//! The byte streams a session relays between: readiness from the runtime,
-//! then non-blocking reads and writes into buffers the caller owns.
+//! The byte streams a session relays between, driven poll-style.
 //!
-//! Waiting for readiness holds no buffer, which is how an idle connection
-//! costs no read buffer: the buffer is taken from the pool only once bytes
-//! are known to be there (see `docs/architecture.md`). Relay and session
-//! code is generic over [`Transport`], so TLS streams plug in beside TCP.
+//! Sockets are in monoio's poll-io mode: registered once with the driver's
+//! readiness poller (an edge-triggered epoll, itself watched through the
+//! io_uring ring when io_uring runs), read and written with plain
+//! non-blocking syscalls. A `poll_read` that finds nothing returns `Pending`
+//! and keeps no reference to the buffer it was given, so a waiting
+//! connection holds no buffer: it borrows one from the pool only for the
+//! span of a read and the write that follows (see `docs/architecture.md`).
+//! Relay and session code is generic over [`Transport`], so TLS streams plug
+//! in beside TCP.
 
+use std::future::poll_fn;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
-use monoio::net::TcpStream;
+use monoio::net::tcp::stream_poll::TcpStreamPoll;
 
-/// A connected byte stream, used through shared references so that the two
-/// directions of a relay can each read one side and write the other.
-#[allow(async_fn_in_trait)]
-pub trait Transport {
-    /// Waits until a read would not block (data, EOF or an error pending).
-    async fn readable(&self) -> io::Result<()>;
-    /// Waits until a write would not block.
-    async fn writable(&self) -> io::Result<()>;
-    /// Reads what is there without blocking: `Ok(0)` is end of stream,
-    /// `WouldBlock` means nothing yet.
-    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize>;
-    /// Writes what fits without blocking.
-    fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
+/// A connected byte stream.
+pub trait Transport: Unpin {
+    /// Reads into `buf`: `Ready(Ok(0))` is end of stream; `Pending` means
+    /// nothing yet (the task is woken when there is).
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>>;
+    /// Writes from `buf` what the socket takes.
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>>;
     /// Half-closes the write side (TCP FIN).
-    fn shutdown_write(&self) -> io::Result<()>;
+    fn shutdown_write(&mut self) -> io::Result<()>;
+}
 
-    /// Writes all of `buf`, waiting for the peer to take it.
-    async fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
-        while !buf.is_empty() {
-            match self.try_write(buf) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => buf = &buf[n..],
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable().await?,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+/// Reads at least one byte (or end of stream) into `buf`.
+pub async fn read<T: Transport + ?Sized>(t: &mut T, buf: &mut [u8]) -> io::Result<usize> {
+    poll_fn(|cx| {
+        loop {
+            match ready!(t.poll_read(cx, buf)) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return Poll::Ready(r),
             }
         }
-        Ok(())
+    })
+    .await
+}
+
+/// Writes all of `buf`.
+pub async fn write_all<T: Transport + ?Sized>(t: &mut T, mut buf: &[u8]) -> io::Result<()> {
+    poll_fn(|cx| {
+        while !buf.is_empty() {
+            match ready!(t.poll_write(cx, buf)) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => buf = &buf[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        Poll::Ready(Ok(()))
+    })
+    .await
+}
+
+impl Transport for TcpStreamPoll {
+    #[inline]
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        let mut rb = tokio::io::ReadBuf::new(buf);
+        ready!(tokio::io::AsyncRead::poll_read(Pin::new(self), cx, &mut rb))?;
+        Poll::Ready(Ok(rb.filled().len()))
     }
 
-    /// Reads at least one byte (or EOF) into `buf`, waiting for readiness.
-    async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            match self.try_read(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.readable().await?,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                r => return r,
-            }
-        }
+    #[inline]
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        tokio::io::AsyncWrite::poll_write(Pin::new(self), cx, buf)
+    }
+
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        crate::sys::shutdown_write(self.as_raw_fd())
     }
 }
 
-impl Transport for TcpStream {
-    #[inline]
-    async fn readable(&self) -> io::Result<()> {
-        // Not relaxed: on the epoll driver our own reads do not update the
-        // runtime's readiness cache, so it must re-check before waiting.
-        TcpStream::readable(self, false).await
-    }
-
-    #[inline]
-    async fn writable(&self) -> io::Result<()> {
-        TcpStream::writable(self, false).await
-    }
-
-    #[inline]
-    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        crate::sys::recv_nonblocking(self.as_raw_fd(), buf)
-    }
-
-    #[inline]
-    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
-        crate::sys::send_nonblocking(self.as_raw_fd(), buf)
-    }
-
-    fn shutdown_write(&self) -> io::Result<()> {
-        crate::sys::shutdown_write(self.as_raw_fd())
-    }
+/// Switches an accepted or connected socket to poll-style IO.
+pub fn into_poll(s: monoio::net::TcpStream) -> io::Result<TcpStreamPoll> {
+    s.try_into_poll_io().map_err(|(e, _)| e)
 }

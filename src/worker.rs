@@ -6,7 +6,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ use tracing::{error, info};
 use crate::config::{Config, IoDriver};
 use crate::pool::Pool;
 use crate::proto::mask::MaskKeyGen;
-use crate::relay::{Ending, Shared};
+use crate::relay::Shutdown;
 use crate::stats::Stats;
 
 /// Spare buffers a worker's pool keeps.
@@ -40,15 +40,9 @@ pub struct WorkerCtx {
     pub echo_addr: Option<SocketAddr>,
     /// Client connections open on this worker.
     pub active: Cell<usize>,
+    /// Set on shutdown; wakes every relayed connection to close with 1001.
+    pub shutdown: Shutdown,
     rr: Vec<Cell<usize>>,
-    conns: RefCell<Slots>,
-}
-
-/// Relaying connections, so shutdown can reach them.
-#[derive(Debug, Default)]
-struct Slots {
-    items: Vec<Option<Weak<Shared>>>,
-    free: Vec<usize>,
 }
 
 impl WorkerCtx {
@@ -58,43 +52,6 @@ impl WorkerCtx {
         let v = c.get();
         c.set(v.wrapping_add(1));
         v
-    }
-
-    /// Registers a relaying connection for shutdown; returns its slot.
-    pub fn register(&self, shared: &Rc<Shared>) -> usize {
-        let mut s = self.conns.borrow_mut();
-        let w = Some(Rc::downgrade(shared));
-        match s.free.pop() {
-            Some(i) => {
-                s.items[i] = w;
-                i
-            }
-            None => {
-                s.items.push(w);
-                s.items.len() - 1
-            }
-        }
-    }
-
-    /// Removes a slot given by [`WorkerCtx::register`].
-    pub fn unregister(&self, slot: usize) {
-        let mut s = self.conns.borrow_mut();
-        s.items[slot] = None;
-        s.free.push(slot);
-    }
-
-    fn going_away_all(&self) {
-        let live: Vec<Rc<Shared>> = self
-            .conns
-            .borrow()
-            .items
-            .iter()
-            .flatten()
-            .filter_map(Weak::upgrade)
-            .collect();
-        for s in live {
-            s.going_away(Ending::Shutdown, "server shutting down");
-        }
     }
 }
 
@@ -185,7 +142,7 @@ async fn worker_main(spec: WorkerSpec) {
         rr: (0..config.upstreams.len())
             .map(|i| Cell::new(spec.id + i))
             .collect(),
-        conns: RefCell::new(Slots::default()),
+        shutdown: Shutdown::default(),
         config,
     });
 
@@ -217,7 +174,7 @@ async fn worker_main(spec: WorkerSpec) {
     for h in accept_loops {
         h.await;
     }
-    ctx.going_away_all();
+    ctx.shutdown.fire();
     let deadline = Instant::now() + ctx.config.timeouts.shutdown_grace;
     while ctx.active.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(20)).await;
