@@ -159,15 +159,16 @@ impl Shutdown {
     }
 }
 
-/// Everything a relay needs from its worker.
-#[derive(Debug, Clone, Copy)]
-pub struct Worker<'a> {
+/// What relays borrow from their worker: the buffer pool, the masking keys
+/// and the shutdown flag. One per worker, shared by its relays.
+#[derive(Debug)]
+pub struct Worker {
     /// The worker's buffer pool.
-    pub pool: &'a std::rc::Rc<Pool>,
+    pub pool: std::rc::Rc<Pool>,
     /// The worker's masking keys.
-    pub keys: &'a RefCell<MaskKeyGen>,
+    pub keys: RefCell<MaskKeyGen>,
     /// The worker's shutdown flag.
-    pub shutdown: &'a Shutdown,
+    pub shutdown: Shutdown,
 }
 
 /// Close bookkeeping of one leg.
@@ -190,6 +191,10 @@ struct Closing {
     started: bool,
     /// Something changed that the other direction must see: poll again.
     repoll: bool,
+    /// The close owed to a client that broke the protocol, held until the
+    /// backend has answered its 1001 (or is gone), so that the backend's
+    /// frames already under way still reach the client first.
+    deferred: Option<(CloseCode, &'static str)>,
 }
 
 impl Closing {
@@ -368,7 +373,7 @@ impl Dir {
         src: &mut S,
         dst: &mut D,
         cl: &mut Closing,
-        w: &Worker<'_>,
+        w: &Worker,
     ) -> Poll<()> {
         let (sl, dl) = (self.src, self.src.other());
         let frames = self.frames;
@@ -491,8 +496,11 @@ impl Dir {
             self.carry_len = 0;
             let len = carry + n;
             let forwarding = !cl.leg(dl).sent_close;
+            // The backend's answer to our 1001 is not for a client that owes
+            // us a protocol error: that client gets its own close instead.
+            let forward_close = forwarding && !(sl == Leg::Backend && cl.deferred.is_some());
             let walk = if frames {
-                self.walk(&mut buf[..len], forwarding, w.keys)
+                self.walk(&mut buf[..len], forwarding, forward_close, &w.keys)
             } else {
                 Walk {
                     write_end: if forwarding { len } else { 0 },
@@ -527,7 +535,13 @@ impl Dir {
     /// Walks the frames in `buf`: validates, re-masks in place. Says how
     /// many leading bytes to write and whether the destination is then
     /// mid-frame.
-    fn walk(&mut self, buf: &mut [u8], forwarding: bool, keys: &RefCell<MaskKeyGen>) -> Walk {
+    fn walk(
+        &mut self,
+        buf: &mut [u8],
+        forwarding: bool,
+        forward_close: bool,
+        keys: &RefCell<MaskKeyGen>,
+    ) -> Walk {
         let mut pos = 0;
         // Where the current frame's header sits in this buffer, if it does.
         let mut frame_start: Option<usize> = None;
@@ -562,8 +576,17 @@ impl Dir {
                 let opcode = f.opcode;
                 self.frame = None;
                 if opcode == OpCode::Close {
-                    return match self.close.finish() {
-                        Ok(code) => done(
+                    return match (self.close.finish(), frame_start) {
+                        // Not for the client (see `Closing::deferred`): cut it out.
+                        (Ok(code), Some(at)) if !forward_close => done(
+                            at,
+                            false,
+                            Some(Event::Close {
+                                code,
+                                forwarded: false,
+                            }),
+                        ),
+                        (Ok(code), _) => done(
                             pos,
                             false,
                             Some(Event::Close {
@@ -571,7 +594,7 @@ impl Dir {
                                 forwarded: forwarding,
                             }),
                         ),
-                        Err(e) => bad_frame(frame_start, e),
+                        (Err(e), _) => bad_frame(frame_start, e),
                     };
                 }
                 if let Err(e) = self.msg.on_frame_end() {
@@ -653,13 +676,13 @@ fn payload(
 
 /// A relayed connection: resolves when both close handshakes are done (or
 /// timed out), with what happened.
-pub struct Relay<'a, C, B> {
+pub struct Relay<C, B> {
     client: C,
     backend: B,
     up: Dir,
     down: Dir,
     closing: Closing,
-    worker: Worker<'a>,
+    worker: std::rc::Rc<Worker>,
     frames: bool,
     close_timeout: Duration,
     idle_timeout: Duration,
@@ -672,7 +695,7 @@ pub struct Relay<'a, C, B> {
     shutdown_slot: Option<usize>,
 }
 
-impl<C, B> std::fmt::Debug for Relay<'_, C, B> {
+impl<C, B> std::fmt::Debug for Relay<C, B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Relay")
             .field("closing", &self.closing)
@@ -680,7 +703,7 @@ impl<C, B> std::fmt::Debug for Relay<'_, C, B> {
     }
 }
 
-impl<'a, C: Transport, B: Transport> Relay<'a, C, B> {
+impl<C: Transport, B: Transport> Relay<C, B> {
     /// A relay between `client` and `backend`. `from_client` and
     /// `from_backend` are bytes that came after the handshake heads,
     /// relayed first.
@@ -690,7 +713,7 @@ impl<'a, C: Transport, B: Transport> Relay<'a, C, B> {
         from_client: Vec<u8>,
         from_backend: Vec<u8>,
         cfg: &RelayConfig,
-        worker: Worker<'a>,
+        worker: std::rc::Rc<Worker>,
     ) -> Self {
         Relay {
             client,
@@ -720,12 +743,12 @@ impl<'a, C: Transport, B: Transport> Relay<'a, C, B> {
     }
 }
 
-impl<C: Transport, B: Transport> Future for Relay<'_, C, B> {
+impl<C: Transport, B: Transport> Future for Relay<C, B> {
     type Output = Outcome;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
         let this = self.get_mut();
-        let shutdown = this.worker.shutdown;
+        let shutdown = &this.worker.shutdown;
         match this.shutdown_slot {
             None => this.shutdown_slot = Some(shutdown.register(cx.waker())),
             Some(slot) => shutdown.update(slot, cx.waker()),
@@ -739,14 +762,14 @@ impl<C: Transport, B: Transport> Future for Relay<'_, C, B> {
         }
         loop {
             this.closing.repoll = false;
-            let w = this.worker;
+            let w = &*this.worker;
             if !this.up_done {
                 let r = this.up.poll(
                     cx,
                     &mut this.client,
                     &mut this.backend,
                     &mut this.closing,
-                    &w,
+                    w,
                 );
                 this.up_done = r.is_ready();
             }
@@ -756,7 +779,7 @@ impl<C: Transport, B: Transport> Future for Relay<'_, C, B> {
                     &mut this.backend,
                     &mut this.client,
                     &mut this.closing,
-                    &w,
+                    w,
                 );
                 this.down_done = r.is_ready();
             }
@@ -804,7 +827,7 @@ impl<C: Transport, B: Transport> Future for Relay<'_, C, B> {
     }
 }
 
-impl<C, B> Drop for Relay<'_, C, B> {
+impl<C, B> Drop for Relay<C, B> {
     fn drop(&mut self) {
         if let Some(slot) = self.shutdown_slot {
             self.worker.shutdown.unregister(slot);

@@ -5,9 +5,12 @@
 //! 404, 405, 408, 426, 431, 502, 503, 504, or the backend's own answer
 //! relayed) and one log line.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
@@ -19,7 +22,7 @@ use crate::proto::handshake::{
     self, BackendRequest, BackendResponse, Expect, build_backend_request, build_switching_response,
     parse_request, parse_response, simple_response,
 };
-use crate::relay::{self, Ending, Outcome, Relay, RelayConfig};
+use crate::relay::{Ending, Outcome, Relay, RelayConfig};
 use crate::transport::{self, Transport, into_poll};
 use crate::worker::WorkerCtx;
 
@@ -32,39 +35,160 @@ enum Refused {
     Answered(u16, String),
 }
 
-/// Serves one accepted client connection to its end.
-pub async fn serve(ctx: Rc<WorkerCtx>, client: TcpStream, peer: SocketAddr) {
+/// One accepted client connection, as the future its worker runs: first
+/// the handshake (a boxed future, freed when done), then the relay. Kept
+/// small on purpose: this is what an idle connection costs (see
+/// `docs/benchmarks.md`).
+pub struct Session {
+    ctx: Rc<WorkerCtx>,
+    state: State,
+}
+
+type Relayed = Relay<TcpStreamPoll, TcpStreamPoll>;
+type HandshakeFuture = Pin<Box<dyn Future<Output = Option<(Relayed, Box<Info>)>>>>;
+
+// The relay is inline on purpose: it is the session's steady state, and
+// boxing it would add an allocation per connection, not save memory.
+#[allow(clippy::large_enum_variant)]
+enum State {
+    Handshake(HandshakeFuture),
+    Relaying(Relayed, Box<Info>),
+    Done,
+}
+
+/// What the closing log line says about a relayed connection.
+struct Info {
+    peer: SocketAddr,
+    path: String,
+    server: Server,
+    started: Instant,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("worker", &self.ctx.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Serves one accepted client connection to its end. The caller counted
+/// it in `ctx.active`; the session uncounts it when it ends or is dropped.
+pub fn serve(ctx: Rc<WorkerCtx>, client: TcpStream, peer: SocketAddr) -> Session {
+    let hs_ctx = Rc::clone(&ctx);
+    let handshake: HandshakeFuture = Box::pin(async move { start(hs_ctx, client, peer).await });
+    Session {
+        ctx,
+        state: State::Handshake(handshake),
+    }
+}
+
+impl Future for Session {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.state {
+                State::Handshake(f) => match ready!(f.as_mut().poll(cx)) {
+                    Some((relay, info)) => this.state = State::Relaying(relay, info),
+                    None => {
+                        this.state = State::Done;
+                        return Poll::Ready(());
+                    }
+                },
+                State::Relaying(relay, info) => {
+                    let outcome = ready!(Pin::new(relay).poll(cx));
+                    closed(&this.ctx, info, &outcome);
+                    this.state = State::Done;
+                    return Poll::Ready(());
+                }
+                State::Done => return Poll::Ready(()),
+            }
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.ctx.active.set(self.ctx.active.get() - 1);
+        self.ctx.stats.active.sub(1);
+    }
+}
+
+/// Counts and logs a relayed connection that ended.
+fn closed(ctx: &WorkerCtx, info: &Info, outcome: &Outcome) {
+    ctx.stats.record_ending(&outcome.ending);
+    ctx.stats.bytes_from_client.add(outcome.from_client);
+    ctx.stats.bytes_from_backend.add(outcome.from_backend);
+    info!(
+        worker = ctx.id,
+        client = %info.peer,
+        path = %info.path,
+        backend = %info.server,
+        from_client = outcome.from_client,
+        from_backend = outcome.from_backend,
+        secs = info.started.elapsed().as_secs_f32(),
+        "closed: {}",
+        describe(&outcome.ending)
+    );
+}
+
+/// The handshake phase: returns the relay to run, or `None` when the
+/// connection was refused (answered and logged here).
+async fn start(
+    ctx: Rc<WorkerCtx>,
+    client: TcpStream,
+    peer: SocketAddr,
+) -> Option<(Relayed, Box<Info>)> {
     let _ = client.set_nodelay(true);
     let started = Instant::now();
-    let client = match into_poll(client) {
+    let mut client = match into_poll(client) {
         Ok(c) => c,
         Err(e) => {
             warn!(worker = ctx.id, client = %peer, "cannot register the socket: {e}");
-            return;
+            return None;
         }
     };
-    let result = proxy(&ctx, client, peer).await;
-    match result {
-        Ok((path, backend, outcome)) => {
-            ctx.stats.record_ending(&outcome.ending);
-            info!(
-                worker = ctx.id,
-                client = %peer,
-                path = %path,
-                backend = %backend,
-                from_client = outcome.from_client,
-                from_backend = outcome.from_backend,
-                secs = started.elapsed().as_secs_f32(),
-                "closed: {}",
-                describe(&outcome.ending)
-            );
+    let up = match handshake(&ctx, &mut client, peer).await {
+        Ok(up) => up,
+        Err(Refused::Silent(why)) => {
+            debug!(worker = ctx.id, client = %peer, "dropped: {why}");
+            return None;
         }
-        Err(Refused::Silent(why)) => debug!(worker = ctx.id, client = %peer, "dropped: {why}"),
         Err(Refused::Answered(status, why)) => {
             ctx.stats.refused.inc();
             info!(worker = ctx.id, client = %peer, status, "refused: {why}");
+            return None;
         }
-    }
+    };
+    let cfg = &ctx.config;
+    let route = &cfg.routes[up.route];
+    let relay_cfg = RelayConfig {
+        frames: route.relay == RelayMode::Frames,
+        max_message_size: route.max_message_size,
+        validate_utf8: route.validate_utf8,
+        compressed: up.compressed,
+        close_timeout: cfg.timeouts.close,
+        idle_timeout: cfg.timeouts.idle,
+    };
+    let relay = Relay::new(
+        client,
+        up.backend,
+        up.from_client,
+        up.from_backend,
+        &relay_cfg,
+        Rc::clone(&ctx.relay),
+    );
+    Some((
+        relay,
+        Box::new(Info {
+            peer,
+            path: up.path,
+            server: up.server,
+            started,
+        }),
+    ))
 }
 
 fn describe(e: &Ending) -> String {
@@ -129,43 +253,6 @@ struct Upgraded {
     compressed: bool,
     from_client: Vec<u8>,
     from_backend: Vec<u8>,
-}
-
-async fn proxy(
-    ctx: &WorkerCtx,
-    mut client: TcpStreamPoll,
-    peer: SocketAddr,
-) -> Result<(String, Server, Outcome), Refused> {
-    // Boxed: the handshake's state is large and short-lived; inline, it
-    // would size every connection's task for its whole life.
-    let up = Box::pin(handshake(ctx, &mut client, peer)).await?;
-    let cfg = &ctx.config;
-    let route = &cfg.routes[up.route];
-    let relay_cfg = RelayConfig {
-        frames: route.relay == RelayMode::Frames,
-        max_message_size: route.max_message_size,
-        validate_utf8: route.validate_utf8,
-        compressed: up.compressed,
-        close_timeout: cfg.timeouts.close,
-        idle_timeout: cfg.timeouts.idle,
-    };
-    let worker = relay::Worker {
-        pool: &ctx.pool,
-        keys: &ctx.keys,
-        shutdown: &ctx.shutdown,
-    };
-    let relay = Relay::new(
-        client,
-        up.backend,
-        up.from_client,
-        up.from_backend,
-        &relay_cfg,
-        worker,
-    );
-    let outcome = relay.await;
-    ctx.stats.bytes_from_client.add(outcome.from_client);
-    ctx.stats.bytes_from_backend.add(outcome.from_backend);
-    Ok((up.path, up.server, outcome))
 }
 
 async fn handshake(
@@ -262,7 +349,7 @@ async fn handshake(
     // 4. Backend handshake.
     let mut nonce = [0u8; 16];
     {
-        let mut keys = ctx.keys.borrow_mut();
+        let mut keys = ctx.relay.keys.borrow_mut();
         for chunk in nonce.chunks_mut(4) {
             chunk.copy_from_slice(&keys.next_key());
         }

@@ -17,7 +17,7 @@ use tracing::{error, info};
 use crate::config::{Config, IoDriver};
 use crate::pool::Pool;
 use crate::proto::mask::MaskKeyGen;
-use crate::relay::Shutdown;
+use crate::relay::{Shutdown, Worker as RelayWorker};
 use crate::stats::Stats;
 
 /// Spare buffers a worker's pool keeps.
@@ -30,18 +30,15 @@ pub struct WorkerCtx {
     pub id: usize,
     /// The configuration, read-only.
     pub config: Arc<Config>,
-    /// Relay buffers.
-    pub pool: Rc<Pool>,
-    /// Masking keys and backend handshake nonces.
-    pub keys: RefCell<MaskKeyGen>,
+    /// The relays' buffer pool, masking keys (also used for backend
+    /// handshake nonces) and shutdown flag.
+    pub relay: Rc<RelayWorker>,
     /// This worker's counters.
     pub stats: Arc<Stats>,
     /// Where this worker's built-in echo server listens, if configured.
     pub echo_addr: Option<SocketAddr>,
     /// Client connections open on this worker.
     pub active: Cell<usize>,
-    /// Set on shutdown; wakes every relayed connection to close with 1001.
-    pub shutdown: Shutdown,
     rr: Vec<Cell<usize>>,
 }
 
@@ -134,22 +131,24 @@ async fn worker_main(spec: WorkerSpec) {
     let config = spec.config;
     let ctx = Rc::new(WorkerCtx {
         id: spec.id,
-        pool: Pool::new(config.limits.buffer_size, POOL_MAX_IDLE),
-        keys: RefCell::new(MaskKeyGen::from_os_rng()),
+        relay: Rc::new(RelayWorker {
+            pool: Pool::new(config.limits.buffer_size, POOL_MAX_IDLE),
+            keys: RefCell::new(MaskKeyGen::from_os_rng()),
+            shutdown: Shutdown::default(),
+        }),
         stats: spec.stats,
         echo_addr: spec.echo.as_ref().and_then(|l| l.local_addr().ok()),
         active: Cell::new(0),
         rr: (0..config.upstreams.len())
             .map(|i| Cell::new(spec.id + i))
             .collect(),
-        shutdown: Shutdown::default(),
         config,
     });
 
     if let Some(echo) = spec.echo {
         match TcpListener::from_std(echo) {
             Ok(l) => {
-                monoio::spawn(crate::echo::serve(l, Rc::clone(&ctx.pool)));
+                monoio::spawn(crate::echo::serve(l, Rc::clone(&ctx.relay.pool)));
             }
             Err(e) => error!(worker = ctx.id, "built-in echo server: {e}"),
         }
@@ -174,7 +173,7 @@ async fn worker_main(spec: WorkerSpec) {
     for h in accept_loops {
         h.await;
     }
-    ctx.shutdown.fire();
+    ctx.relay.shutdown.fire();
     let deadline = Instant::now() + ctx.config.timeouts.shutdown_grace;
     while ctx.active.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(20)).await;
@@ -193,12 +192,7 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener, stop: Arc<Atomic
                 ctx.stats.accepted.inc();
                 ctx.stats.active.inc();
                 ctx.active.set(ctx.active.get() + 1);
-                let ctx = Rc::clone(&ctx);
-                monoio::spawn(async move {
-                    crate::session::serve(Rc::clone(&ctx), stream, peer).await;
-                    ctx.active.set(ctx.active.get() - 1);
-                    ctx.stats.active.sub(1);
-                });
+                monoio::spawn(crate::session::serve(Rc::clone(&ctx), stream, peer));
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
