@@ -228,6 +228,8 @@ impl Closing {
         self.set_ending(Ending::Vanished(leg));
         match leg {
             Leg::Client => self.post_close(Leg::Backend, CloseCode::GOING_AWAY, "client went away"),
+            // A client that broke the protocol gets its own close code.
+            Leg::Backend if self.deferred.is_some() => self.release_deferred(),
             Leg::Backend => self.post_close(
                 Leg::Client,
                 CloseCode::INTERNAL_ERROR,
@@ -241,16 +243,33 @@ impl Closing {
     fn protocol_error(&mut self, leg: Leg, e: ProtocolError) {
         self.set_ending(Ending::ProtocolError(leg, e));
         self.leg(leg).recv_close = true;
-        self.post_close(leg, e.close_code(), e.reason());
         match leg {
+            // The client's close waits for the backend's answer to its 1001
+            // (see `deferred`), so the backend's frames already under way
+            // (say, the echo of the client's last valid message) reach the
+            // client first.
             Leg::Client => {
-                self.post_close(Leg::Backend, CloseCode::GOING_AWAY, "client protocol error")
+                self.deferred = Some((e.close_code(), e.reason()));
+                self.post_close(Leg::Backend, CloseCode::GOING_AWAY, "client protocol error");
+                if self.leg(Leg::Backend).recv_close {
+                    self.release_deferred();
+                }
             }
-            Leg::Backend => self.post_close(
-                Leg::Client,
-                CloseCode::BAD_GATEWAY,
-                "backend protocol error",
-            ),
+            Leg::Backend => {
+                self.post_close(leg, e.close_code(), e.reason());
+                self.post_close(
+                    Leg::Client,
+                    CloseCode::BAD_GATEWAY,
+                    "backend protocol error",
+                );
+            }
+        }
+    }
+
+    /// Sends the client the close held for it (see `deferred`).
+    fn release_deferred(&mut self) {
+        if let Some((code, reason)) = self.deferred.take() {
+            self.post_close(Leg::Client, code, reason);
         }
     }
 
@@ -406,6 +425,9 @@ impl Dir {
                                     by: sl,
                                     code: code.map(|c| c.0),
                                 });
+                            }
+                            if sl == Leg::Backend {
+                                cl.release_deferred();
                             }
                             cl.started = true;
                             cl.repoll = true;
@@ -783,6 +805,14 @@ impl<C: Transport, B: Transport> Future for Relay<C, B> {
                 );
                 this.down_done = r.is_ready();
             }
+            // The backend can no longer answer (it did, or its TCP ended or
+            // was cut mid-frame): the client's held close goes out now.
+            if this.closing.deferred.is_some()
+                && this.closing.legs[Leg::Backend as usize].recv_close
+            {
+                this.closing.release_deferred();
+                continue;
+            }
             if this.up_done && this.down_done {
                 // The server side closes the client's TCP connection first
                 // (RFC 6455 §7.1.1).
@@ -799,7 +829,13 @@ impl<C: Transport, B: Transport> Future for Relay<C, B> {
             }
             if let Some(t) = &mut this.close_timer {
                 if t.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(this.outcome(Ending::CloseTimeout));
+                    if this.closing.deferred.is_none() {
+                        return Poll::Ready(this.outcome(Ending::CloseTimeout));
+                    }
+                    // The backend never answered: the client still gets its
+                    // close, then the handshake gets another close timeout.
+                    this.closing.release_deferred();
+                    t.as_mut().reset(Instant::now() + this.close_timeout);
                 }
             }
             if !this.closing.started {

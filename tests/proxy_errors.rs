@@ -238,6 +238,5 @@ both_drivers!(
     backend_slow_is_504,
     backend_connect_timeout_is_504,
     max_connections_is_503,
-
     backend_answer_body_held_open,
 );

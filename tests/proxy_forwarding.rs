@@ -427,7 +427,6 @@ both_drivers!(
     extensions_not_forwarded_by_default,
     permessage_deflate_passed_through,
     backend_first_frame_in_same_write,
-
     backend_interim_response_then_101,
     routes_longest_prefix_and_404,
 );

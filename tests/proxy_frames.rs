@@ -44,11 +44,13 @@ async fn client_at_fault(
 ) {
     let (proxy, mut client, mut be) = raw_client_setup(driver, tweak).await;
     client.send(bytes).await;
+    // The backend gets 1001 first; the client's close follows the
+    // backend's answer (frames the backend had under way come before it).
+    backend_first_gets_close(&mut be, 1001).await;
+    be.flush().await.unwrap(); // tungstenite's close answer
     let close = client.read_close().await;
     assert_eq!(close.close_code(), Some(code), "client close: {close:?}");
     assert!(!close.masked);
-    backend_first_gets_close(&mut be, 1001).await;
-    be.flush().await.unwrap(); // tungstenite's close answer
     client
         .send(&client_frame(true, op::CLOSE, &close_payload(code, "")))
         .await;
@@ -285,8 +287,6 @@ async fn new_message_inside_fragmented_is_1002(driver: IoDriver) {
     bytes.extend(client_frame(true, op::TEXT, b"second"));
     let (_proxy, mut client, mut be) = raw_client_setup(driver, |_| {}).await;
     client.send(&bytes).await;
-    let close = client.read_close().await;
-    assert_eq!(close.close_code(), Some(1002), "{close:?}");
     loop {
         match within("the backend's close", be.next()).await {
             Some(Ok(Message::Close(Some(f)))) => {
@@ -300,6 +300,9 @@ async fn new_message_inside_fragmented_is_1002(driver: IoDriver) {
             other => panic!("backend: {other:?}"),
         }
     }
+    be.flush().await.unwrap(); // tungstenite's close answer
+    let close = client.read_close().await;
+    assert_eq!(close.close_code(), Some(1002), "{close:?}");
 }
 
 async fn length_with_top_bit_is_1002(driver: IoDriver) {
@@ -343,7 +346,35 @@ async fn close_reason_invalid_utf8_is_1007(driver: IoDriver) {
     .await;
 }
 
+/// Autobahn 3.2 and kin: a valid message, then a bad frame, in one write.
+/// The backend's echo of the valid message reaches the client before the
+/// client's 1002 (which waits for the backend's answer to its 1001).
+async fn echo_under_way_arrives_before_the_error_close(driver: IoDriver) {
+    let (_proxy, mut client, mut be) = raw_client_setup(driver, |_| {}).await;
+    let mut bytes = client_frame(true, op::TEXT, b"Hello, world!");
+    bytes.extend(client_frame(true, 0x3, b"?"));
+    bytes.extend(client_frame(true, op::PING, b""));
+    client.send(&bytes).await;
+    match within("the valid message", be.next()).await {
+        Some(Ok(Message::Text(t))) => {
+            assert_eq!(t.as_str(), "Hello, world!");
+            be.send(Message::text("Hello, world!")).await.unwrap();
+        }
+        other => panic!("backend: {other:?}"),
+    }
+    backend_first_gets_close(&mut be, 1001).await;
+    be.flush().await.unwrap();
+    let echo = client.read_frame().await;
+    assert_eq!(
+        (echo.opcode, echo.payload.as_slice()),
+        (op::TEXT, &b"Hello, world!"[..])
+    );
+    let close = client.read_close().await;
+    assert_eq!(close.close_code(), Some(1002), "{close:?}");
+}
+
 both_drivers!(
+    echo_under_way_arrives_before_the_error_close,
     unmasked_client_frame_is_1002,
     reserved_opcode_is_1002,
     invalid_utf8_is_1007,

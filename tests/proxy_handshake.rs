@@ -252,6 +252,5 @@ both_drivers!(
     request_in_tiny_pieces,
     first_frame_in_same_write,
     slow_client_is_408,
-
     silent_client_closed_silently,
 );
