@@ -302,16 +302,25 @@ struct Size(u64);
 
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Str(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => Ok(Size(n)),
-            Raw::Str(s) => parse_size(&s).map(Size).map_err(de::Error::custom),
-        }
+        int_or_str(d, Size, |s| parse_size(s).map(Size))
+    }
+}
+
+/// An integer, or a string for `parse`: how sizes and durations are written.
+fn int_or_str<'de, D: Deserializer<'de>, T>(
+    d: D,
+    from_int: fn(u64) -> T,
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<T, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(u64),
+        Str(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Int(n) => Ok(from_int(n)),
+        Raw::Str(s) => parse(&s).map_err(de::Error::custom),
     }
 }
 
@@ -348,16 +357,11 @@ struct Secs(Duration);
 
 impl<'de> Deserialize<'de> for Secs {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Str(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => Ok(Secs(Duration::from_secs(n))),
-            Raw::Str(s) => parse_duration(&s).map(Secs).map_err(de::Error::custom),
-        }
+        int_or_str(
+            d,
+            |n| Secs(Duration::from_secs(n)),
+            |s| parse_duration(s).map(Secs),
+        )
     }
 }
 

@@ -215,6 +215,25 @@ async fn answer<T: Transport>(client: &mut T, timeout: Duration, bytes: &[u8]) {
     let _ = client.shutdown_write();
 }
 
+/// Answers the client with `status` and a short body, and gives the
+/// refusal to log.
+async fn refuse<T: Transport>(
+    client: &mut T,
+    timeout: Duration,
+    status: u16,
+    why: String,
+) -> Refused {
+    let body = match status {
+        404 => "no route for this path",
+        408 => "request head timed out",
+        503 => "too many connections",
+        504 => "backend timed out",
+        _ => "backend unavailable",
+    };
+    answer(client, timeout, &simple_response(status, body)).await;
+    Refused::Answered(status, why)
+}
+
 /// Reads into `buf` until `complete(buf)` says the head is whole or bad.
 /// `Ok(false)` on EOF before that.
 async fn read_head<T: Transport>(
@@ -265,13 +284,7 @@ async fn handshake(
     let hs_timeout = cfg.timeouts.handshake;
 
     if ctx.active.get() > cfg.limits.max_connections {
-        answer(
-            client,
-            hs_timeout,
-            &simple_response(503, "too many connections"),
-        )
-        .await;
-        return Err(Refused::Answered(503, "max_connections reached".into()));
+        return Err(refuse(client, hs_timeout, 503, "max_connections reached".into()).await);
     }
 
     // 1. The client's request head.
@@ -290,13 +303,7 @@ async fn handshake(
             return Err(Refused::Silent("no request before the handshake timeout"));
         }
         Err(_) => {
-            answer(
-                client,
-                hs_timeout,
-                &simple_response(408, "request head timed out"),
-            )
-            .await;
-            return Err(Refused::Answered(408, "request head timed out".into()));
+            return Err(refuse(client, hs_timeout, 408, "request head timed out".into()).await);
         }
         Ok(Err(_)) | Ok(Ok(false)) => {
             return Err(Refused::Silent("client closed before a complete request"));
@@ -316,34 +323,13 @@ async fn handshake(
     // 2. Route.
     let path = req.path().to_string();
     let Some(route) = cfg.route(&path) else {
-        answer(
-            client,
-            hs_timeout,
-            &simple_response(404, "no route for this path"),
-        )
-        .await;
-        return Err(Refused::Answered(404, format!("no route for {path}")));
+        return Err(refuse(client, hs_timeout, 404, format!("no route for {path}")).await);
     };
 
     // 3. Backend connect (each server of the upstream once, round-robin start).
     let (mut backend, server) = match connect_upstream(ctx, route).await {
         Ok(x) => x,
-        Err((status, why)) => {
-            answer(
-                client,
-                hs_timeout,
-                &simple_response(
-                    status,
-                    if status == 504 {
-                        "backend timed out"
-                    } else {
-                        "backend unavailable"
-                    },
-                ),
-            )
-            .await;
-            return Err(Refused::Answered(status, why));
-        }
+        Err((status, why)) => return Err(refuse(client, hs_timeout, status, why).await),
     };
 
     // 4. Backend handshake.
@@ -366,34 +352,27 @@ async fn handshake(
     };
     let request = build_backend_request(&req, &opts);
     let expect = Expect::new(&req, &opts);
-    let backend_failed =
-        |status: u16, why: String| Refused::Answered(status, format!("backend {server}: {why}"));
+    let backend_failed = |why: String| format!("backend {server}: {why}");
 
     match monoio::time::timeout(hs_timeout, transport::write_all(&mut backend, &request)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
-            answer(
+            return Err(refuse(
                 client,
                 hs_timeout,
-                &simple_response(502, "backend unavailable"),
-            )
-            .await;
-            return Err(backend_failed(
                 502,
-                format!("writing the upgrade request: {e}"),
-            ));
+                backend_failed(format!("writing the upgrade request: {e}")),
+            )
+            .await);
         }
         Err(_) => {
-            answer(
+            return Err(refuse(
                 client,
                 hs_timeout,
-                &simple_response(504, "backend timed out"),
-            )
-            .await;
-            return Err(backend_failed(
                 504,
-                "timed out writing the upgrade request".into(),
-            ));
+                backend_failed("timed out writing the upgrade request".into()),
+            )
+            .await);
         }
     }
 
@@ -425,37 +404,31 @@ async fn handshake(
     .await;
     match resp_read {
         Err(_) => {
-            answer(
+            return Err(refuse(
                 client,
                 hs_timeout,
-                &simple_response(504, "backend timed out"),
-            )
-            .await;
-            return Err(backend_failed(
                 504,
-                "no response head before the handshake timeout".into(),
-            ));
+                backend_failed("no response head before the handshake timeout".into()),
+            )
+            .await);
         }
         Ok(Err(e)) => {
-            answer(
+            return Err(refuse(
                 client,
                 hs_timeout,
-                &simple_response(502, "backend unavailable"),
+                502,
+                backend_failed(format!("reading the response: {e}")),
             )
-            .await;
-            return Err(backend_failed(502, format!("reading the response: {e}")));
+            .await);
         }
         Ok(Ok(false)) => {
-            answer(
+            return Err(refuse(
                 client,
                 hs_timeout,
-                &simple_response(502, "backend unavailable"),
-            )
-            .await;
-            return Err(backend_failed(
                 502,
-                "closed the connection before answering".into(),
-            ));
+                backend_failed("closed the connection before answering".into()),
+            )
+            .await);
         }
         Ok(Ok(true)) => {}
     }
@@ -474,23 +447,21 @@ async fn handshake(
                 n,
             ))) => {
                 relay_answer(ctx, client, &mut backend, &resp, n).await;
-                return Err(backend_failed(
-                    status,
-                    format!("answered {status}, relayed to the client"),
-                ));
+                let why = backend_failed(format!("answered {status}, relayed to the client"));
+                return Err(Refused::Answered(status, why));
             }
             Ok(None) => {
-                answer(
+                return Err(refuse(
                     client,
                     hs_timeout,
-                    &simple_response(502, "backend unavailable"),
+                    502,
+                    backend_failed("incomplete response".into()),
                 )
-                .await;
-                return Err(backend_failed(502, "incomplete response".into()));
+                .await);
             }
             Err(e) => {
                 answer(client, hs_timeout, &e.response()).await;
-                return Err(backend_failed(502, e.to_string()));
+                return Err(Refused::Answered(502, backend_failed(e.to_string())));
             }
         };
 
