@@ -43,6 +43,26 @@ fn sequence_len(lead: u8) -> usize {
     }
 }
 
+/// Where a code point that the end of `chunk` cuts short begins (`chunk.len()`
+/// if none does): the last lead byte within 3 bytes of the end whose
+/// sequence does not fit.
+#[inline]
+fn unfinished_tail_start(chunk: &[u8]) -> usize {
+    let len = chunk.len();
+    for back in 1..=len.min(3) {
+        let b = chunk[len - back];
+        if b & 0xc0 != 0x80 {
+            // A lead (or ASCII) byte: is its sequence cut by the end?
+            return if sequence_len(b) > back {
+                len - back
+            } else {
+                len
+            };
+        }
+    }
+    len
+}
+
 impl Utf8Validator {
     /// A validator at the start of a message.
     pub const fn new() -> Self {
@@ -73,17 +93,23 @@ impl Utf8Validator {
                 Err(_) => return Err(Utf8Error),
             }
         }
-        match from_utf8(chunk) {
-            Ok(_) => Ok(()),
-            Err(e) if e.error_len().is_none() => {
-                // A valid prefix of a code point at the end: carry it over.
-                let tail = &chunk[e.valid_up_to()..];
-                self.partial[..tail.len()].copy_from_slice(tail);
-                self.partial_len = tail.len() as u8;
-                Ok(())
-            }
-            Err(_) => Err(Utf8Error),
+        // Split off a code point left unfinished at the end of the chunk,
+        // validate the rest with simdutf8's fast yes/no validator, and check
+        // the unfinished tail (at most 3 bytes) as a prefix: a byte that can
+        // never continue it is still an error in this chunk (fail fast).
+        let (body, tail) = chunk.split_at(unfinished_tail_start(chunk));
+        if simdutf8::basic::from_utf8(body).is_err() {
+            return Err(Utf8Error);
         }
+        if !tail.is_empty() {
+            match from_utf8(tail) {
+                Err(e) if e.error_len().is_none() && e.valid_up_to() == 0 => {}
+                _ => return Err(Utf8Error),
+            }
+            self.partial[..tail.len()].copy_from_slice(tail);
+            self.partial_len = tail.len() as u8;
+        }
+        Ok(())
     }
 
     /// Ends the message: a code point left unfinished is an error. The
