@@ -566,6 +566,62 @@ mod tests {
         }
     }
 
+    fn any_header() -> impl proptest::strategy::Strategy<Value = FrameHeader> {
+        use proptest::prelude::*;
+        let opcode = prop_oneof![
+            Just(OpCode::Continuation),
+            Just(OpCode::Text),
+            Just(OpCode::Binary),
+            Just(OpCode::Close),
+            Just(OpCode::Ping),
+            Just(OpCode::Pong),
+        ];
+        let len = prop_oneof![0u64..=125, 126u64..=0xffff, 0x1_0000u64..=(i64::MAX as u64)];
+        (
+            opcode,
+            any::<bool>(),
+            0u8..8,
+            proptest::option::of(any::<[u8; 4]>()),
+            len,
+        )
+            .prop_map(|(opcode, fin, rsv, mask, payload_len)| {
+                let control = opcode.is_control();
+                FrameHeader {
+                    fin: fin || control,
+                    rsv: if matches!(opcode, OpCode::Text | OpCode::Binary) {
+                        rsv
+                    } else {
+                        0
+                    },
+                    opcode,
+                    mask,
+                    payload_len: if control {
+                        payload_len % 126
+                    } else {
+                        payload_len
+                    },
+                }
+            })
+    }
+
+    proptest::proptest! {
+        /// Every valid header shape: encode, then decode (with every RSV bit
+        /// allowed and the masking rule of the sender it implies) gives the
+        /// same header and the same length, and no prefix decodes.
+        #[test]
+        fn encode_decode_round_trip(h in any_header()) {
+            let mut out = [0u8; MAX_HEADER_LEN];
+            let n = h.encode(&mut out);
+            proptest::prop_assert_eq!(n, h.encoded_len());
+            let peer = if h.mask.is_some() { Peer::Client } else { Peer::Server };
+            let cfg = DecodeConfig { allowed_rsv: 0b111, ..DecodeConfig::new(peer) };
+            proptest::prop_assert_eq!(decode(&out[..n], &cfg), Ok(Some((h, n))));
+            for i in 0..n {
+                proptest::prop_assert_eq!(decode(&out[..i], &cfg), Ok(None));
+            }
+        }
+    }
+
     #[test]
     fn small_frame_cuts_payload_to_125() {
         let f = SmallFrame::new(OpCode::Ping, &[7u8; 300], None);
