@@ -171,7 +171,8 @@ pub enum BackendResponse<'b> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ResponseError {
-    /// The head is not valid HTTP/1.x syntax.
+    /// The head is not valid HTTP/1.x syntax, or its status is outside
+    /// 100–599.
     Malformed,
     /// The head is larger than [`Limits::max_head_bytes`].
     HeadTooLarge,
@@ -279,7 +280,9 @@ pub fn parse_response<'b>(
     let answer = match status {
         101 => validate_switch(version, headers, expect)?,
         100..=199 => BackendResponse::Interim { status },
-        _ => BackendResponse::Other { status },
+        200..=599 => BackendResponse::Other { status },
+        // RFC 9110 §15: only 100–599 exist; anything else is not relayed.
+        _ => return Err(ResponseError::Malformed),
     };
     Ok(Some((answer, len)))
 }

@@ -709,3 +709,38 @@ proptest! {
         prop_assert!(xff.ends_with(ip.to_canonical().to_string().as_bytes()));
     }
 }
+
+#[test]
+fn backend_status_outside_100_to_599_is_malformed() {
+    let req = request_with(&[]);
+    let mut h = [httparse::EMPTY_HEADER; 64];
+    let (request, _) = parse_request(&req, &mut h, &Limits::default())
+        .unwrap()
+        .unwrap();
+    let opts = BackendRequest {
+        path: "/",
+        host: "example.com",
+        key: KEY,
+        client_ip: "127.0.0.1".parse().unwrap(),
+        forwarded_proto: "http",
+        forward_extensions: false,
+    };
+    let expect = Expect::new(&request, &opts);
+    for status in ["000", "099", "600", "999"] {
+        let resp = format!("HTTP/1.1 {status} Weird\r\n\r\n");
+        let mut rh = [httparse::EMPTY_HEADER; 64];
+        let r = parse_response(resp.as_bytes(), &mut rh, &Limits::default(), &expect);
+        assert_eq!(r, Err(ResponseError::Malformed), "{status}");
+    }
+    let mut rh = [httparse::EMPTY_HEADER; 64];
+    let ok = parse_response(
+        b"HTTP/1.1 599 Edge\r\n\r\n",
+        &mut rh,
+        &Limits::default(),
+        &expect,
+    );
+    assert!(matches!(
+        ok,
+        Ok(Some((BackendResponse::Other { status: 599 }, _)))
+    ));
+}
