@@ -814,9 +814,9 @@ impl<C: Transport, B: Transport> Future for Relay<C, B> {
                 continue;
             }
             if this.up_done && this.down_done {
-                // The server side closes the client's TCP connection first
-                // (RFC 6455 §7.1.1).
-                let _ = this.client.shutdown_write();
+                // Both sockets are closed when the relay is dropped, right
+                // after this; the client's FIN goes out with that close (the
+                // server side closes first, RFC 6455 §7.1.1).
                 let ending = if this.frames {
                     this.closing.ending
                 } else {
