@@ -19,6 +19,9 @@ use crate::proto::handshake::Limits as HeadLimits;
 /// The configuration `wsedge` runs with when given no arguments.
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 
+/// The longest timeout accepted (timers add timeouts to the current time).
+const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// The server address that names the built-in echo upstream.
 pub const BUILTIN_ECHO: &str = "builtin:echo";
 
@@ -506,16 +509,22 @@ impl Config {
             idle: t.idle.0,
             shutdown_grace: t.shutdown_grace.0,
         };
-        for (name, d) in [
-            ("connect", timeouts.connect),
-            ("handshake", timeouts.handshake),
-            ("close", timeouts.close),
+        for (name, d, zero_ok) in [
+            ("connect", timeouts.connect, false),
+            ("handshake", timeouts.handshake, false),
+            ("close", timeouts.close, false),
+            ("idle", timeouts.idle, true),
+            ("shutdown_grace", timeouts.shutdown_grace, true),
         ] {
-            if d.is_zero() {
+            if d.is_zero() && !zero_ok {
                 return Err(err(
                     None,
                     format!("timeouts.{name} must be greater than zero"),
                 ));
+            }
+            // Timers add these to the current time: keep them sane.
+            if d > MAX_TIMEOUT {
+                return Err(err(None, format!("timeouts.{name} must be at most 7 days")));
             }
         }
         let l = &file.limits;
@@ -542,6 +551,12 @@ impl Config {
             return Err(err(
                 None,
                 "limits.buffer_size must be between 4KiB and 64MiB".into(),
+            ));
+        }
+        if limits.max_response_body > 64 << 20 {
+            return Err(err(
+                None,
+                "limits.max_response_body must be at most 64MiB".into(),
             ));
         }
         if limits.max_connections == 0 {
@@ -744,5 +759,20 @@ buffer_size = "16KiB"
         assert_eq!(c.listeners.len(), 1);
         assert_eq!(c.upstreams[0].servers.len(), 2);
         assert!(Config::from_args(&[], &["nope".into()]).is_err());
+    }
+
+    #[test]
+    fn absurd_timeouts_and_body_limit_are_refused() {
+        let base = "[[listener]]\naddress = \"127.0.0.1:1\"\n[[upstream]]\nname = \"a\"\nservers = [\"127.0.0.1:2\"]\n[[route]]\npath = \"/\"\nupstream = \"a\"\n";
+        for extra in [
+            "[timeouts]\nidle = 99999999999\n",
+            "[timeouts]\nclose = \"9999h\"\n",
+            "[limits]\nmax_response_body = \"1GiB\"\n",
+        ] {
+            let e = Config::parse(&format!("{base}{extra}"), "x").unwrap_err();
+            assert!(e.message.contains("at most"), "{extra}: {e}");
+        }
+        let ok = Config::parse(&format!("{base}[timeouts]\nidle = \"5m\"\n"), "x").unwrap();
+        assert_eq!(ok.timeouts.idle, Duration::from_secs(300));
     }
 }
