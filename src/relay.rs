@@ -132,6 +132,39 @@ impl Shutdown {
         self.fired.get()
     }
 
+    /// Resolves once [`Shutdown::fire`] has been called.
+    pub async fn fired(&self) {
+        struct Wait<'a> {
+            shutdown: &'a Shutdown,
+            slot: Option<usize>,
+        }
+        impl Future for Wait<'_> {
+            type Output = ();
+            fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+                if self.shutdown.is_fired() {
+                    return Poll::Ready(());
+                }
+                match self.slot {
+                    None => self.slot = Some(self.shutdown.register(cx.waker())),
+                    Some(slot) => self.shutdown.update(slot, cx.waker()),
+                }
+                Poll::Pending
+            }
+        }
+        impl Drop for Wait<'_> {
+            fn drop(&mut self) {
+                if let Some(slot) = self.slot {
+                    self.shutdown.unregister(slot);
+                }
+            }
+        }
+        Wait {
+            shutdown: self,
+            slot: None,
+        }
+        .await
+    }
+
     fn register(&self, w: &Waker) -> usize {
         let mut all = self.wakers.borrow_mut();
         match self.free.borrow_mut().pop() {

@@ -156,24 +156,22 @@ async fn worker_main(spec: WorkerSpec) {
     let mut accept_loops = Vec::new();
     for l in spec.listeners {
         match TcpListener::from_std(l) {
-            Ok(l) => accept_loops.push(monoio::spawn(accept_loop(
-                Rc::clone(&ctx),
-                l,
-                Arc::clone(&spec.stop),
-            ))),
+            Ok(l) => accept_loops.push(monoio::spawn(accept_loop(Rc::clone(&ctx), l))),
             Err(e) => error!(worker = ctx.id, "listener: {e}"),
         }
     }
 
+    // The stop flag is set from another thread; this is the only place
+    // that looks at it.
     while !spec.stop.load(Ordering::Relaxed) {
         monoio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Stop accepting (the accept loops see the flag), then close every
-    // relayed connection with 1001 and give them the grace period.
+    // Stop accepting and close every relayed connection with 1001 (both
+    // wait on the worker's shutdown flag), then give them the grace period.
+    ctx.relay.shutdown.fire();
     for h in accept_loops {
         h.await;
     }
-    ctx.relay.shutdown.fire();
     let deadline = Instant::now() + ctx.config.timeouts.shutdown_grace;
     while ctx.active.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(20)).await;
@@ -181,11 +179,11 @@ async fn worker_main(spec: WorkerSpec) {
     info!(worker = ctx.id, left = ctx.active.get(), "worker stopped");
 }
 
-async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener, stop: Arc<AtomicBool>) {
+async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener) {
     loop {
         let accepted = monoio::select! {
             r = listener.accept() => r,
-            _ = wait_flag(&stop) => return,
+            _ = ctx.relay.shutdown.fired() => return,
         };
         match accepted {
             Ok((stream, peer)) => {
@@ -200,11 +198,5 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener, stop: Arc<Atomic
                 monoio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-    }
-}
-
-async fn wait_flag(flag: &AtomicBool) {
-    while !flag.load(Ordering::Relaxed) {
-        monoio::time::sleep(Duration::from_millis(50)).await;
     }
 }
