@@ -73,7 +73,7 @@ impl std::fmt::Debug for Session {
 }
 
 /// Serves one accepted client connection to its end. The caller counted
-/// it in `ctx.active`; the session uncounts it when it ends or is dropped.
+/// it in `ctx.stats.active`; the session uncounts it when it ends or is dropped.
 pub fn serve(ctx: Rc<WorkerCtx>, client: TcpStream, peer: SocketAddr) -> Session {
     let hs_ctx = Rc::clone(&ctx);
     let handshake: HandshakeFuture = Box::pin(async move { start(hs_ctx, client, peer).await });
@@ -111,7 +111,6 @@ impl Future for Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.ctx.active.set(self.ctx.active.get() - 1);
         self.ctx.stats.active.sub(1);
     }
 }
@@ -283,7 +282,7 @@ async fn handshake(
     let limits = cfg.limits.head_limits();
     let hs_timeout = cfg.timeouts.handshake;
 
-    if ctx.active.get() > cfg.limits.max_connections {
+    if ctx.stats.active.get() > cfg.limits.max_connections as u64 {
         return Err(refuse(client, hs_timeout, 503, "max_connections reached".into()).await);
     }
 

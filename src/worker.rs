@@ -37,8 +37,6 @@ pub struct WorkerCtx {
     pub stats: Arc<Stats>,
     /// Where this worker's built-in echo server listens, if configured.
     pub echo_addr: Option<SocketAddr>,
-    /// Client connections open on this worker.
-    pub active: Cell<usize>,
     rr: Vec<Cell<usize>>,
 }
 
@@ -138,7 +136,6 @@ async fn worker_main(spec: WorkerSpec) {
         }),
         stats: spec.stats,
         echo_addr: spec.echo.as_ref().and_then(|l| l.local_addr().ok()),
-        active: Cell::new(0),
         rr: (0..config.upstreams.len())
             .map(|i| Cell::new(spec.id + i))
             .collect(),
@@ -173,10 +170,14 @@ async fn worker_main(spec: WorkerSpec) {
         h.await;
     }
     let deadline = Instant::now() + ctx.config.timeouts.shutdown_grace;
-    while ctx.active.get() > 0 && Instant::now() < deadline {
+    while ctx.stats.active.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(20)).await;
     }
-    info!(worker = ctx.id, left = ctx.active.get(), "worker stopped");
+    info!(
+        worker = ctx.id,
+        left = ctx.stats.active.get(),
+        "worker stopped"
+    );
 }
 
 async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener) {
@@ -189,7 +190,6 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener) {
             Ok((stream, peer)) => {
                 ctx.stats.accepted.inc();
                 ctx.stats.active.inc();
-                ctx.active.set(ctx.active.get() + 1);
                 monoio::spawn(crate::session::serve(Rc::clone(&ctx), stream, peer));
             }
             Err(e) => {
