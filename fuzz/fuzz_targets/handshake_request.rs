@@ -10,6 +10,9 @@
 //! - steps: how many growing prefixes to try (1-4) and a short prefix length.
 #![no_main]
 
+#[path = "common/heads.rs"]
+mod heads;
+
 use std::net::{IpAddr, Ipv4Addr};
 
 use httparse::EMPTY_HEADER;
@@ -86,53 +89,14 @@ fuzz_target!(|data: &[u8]| {
         let _ = e.response();
     }
 
-    // "Need more" only while the head can still end within the limit.
-    if let Ok(None) = &full {
-        assert!(
-            head.len() < limits.max_head_bytes,
-            "Ok(None) with {} bytes at hand",
-            head.len()
-        );
-        let start = head
-            .iter()
-            .position(|&b| b != b'\r' && b != b'\n')
-            .unwrap_or(head.len());
-        let rest = &head[start..];
-        assert!(
-            !rest.windows(2).any(|w| w == b"\n\n") && !rest.windows(3).any(|w| w == b"\n\r\n"),
-            "Ok(None) though an empty line ends the head"
-        );
-    }
-
-    // Growing prefixes: "need more" until the answer, then the answer.
-    let mut cuts: Vec<usize> = Vec::new();
-    let n_steps = 1 + (steps & 3) as usize;
-    cuts.extend((1..=n_steps).map(|j| head.len() * j / (n_steps + 1)));
-    cuts.push(((steps >> 2) as usize).min(head.len()));
-    if let Ok(Some(a)) = &full {
-        cuts.extend([a.len - 1, a.len]);
-    }
-    cuts.sort_unstable();
-    cuts.dedup();
-    let mut settled: Option<Answer> = None;
-    for k in cuts {
-        let got = parse(&head[..k], &limits, slots);
-        if let Ok(Some(a)) = &full {
-            if k < a.len {
-                assert_eq!(got, Ok(None), "prefix {k} of a {}-byte head", a.len);
-            } else {
-                assert_eq!(&got, &full, "prefix {k} holds the whole head");
-            }
-        }
-        match (&settled, got) {
-            (Some(s), got) => assert_eq!(&got, s, "prefix {k} after an answer"),
-            (None, Ok(None)) => {}
-            (None, got) => {
-                assert_eq!(&got, &full, "prefix {k} answers differently from the whole");
-                settled = Some(got);
-            }
-        }
-    }
+    heads::check_prefixes(
+        head,
+        limits.max_head_bytes,
+        *steps,
+        &full,
+        |a| a.len,
+        |b| parse(b, &limits, slots),
+    );
 
     // The proxy's rewrite of an accepted request is itself acceptable.
     if let Ok(Some(_)) = &full {
