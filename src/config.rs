@@ -135,6 +135,10 @@ pub struct Route {
     pub validate_utf8: bool,
     /// Pass `permessage-deflate` through end to end.
     pub permessage_deflate: bool,
+    /// Ping a leg that has sent nothing for this long (0 = keepalive off).
+    pub ping_interval: Duration,
+    /// A leg that sends nothing for this long after wsedge's ping is dead.
+    pub pong_timeout: Duration,
 }
 
 /// Timeouts. Zero means none where noted.
@@ -245,6 +249,18 @@ struct FileRoute {
     validate_utf8: bool,
     #[serde(default)]
     permessage_deflate: bool,
+    #[serde(default = "no_time")]
+    ping_interval: Secs,
+    #[serde(default = "default_pong_timeout")]
+    pong_timeout: Secs,
+}
+
+fn no_time() -> Secs {
+    Secs(Duration::ZERO)
+}
+
+fn default_pong_timeout() -> Secs {
+    Secs(Duration::from_secs(10))
 }
 
 fn default_max_message() -> Size {
@@ -490,6 +506,17 @@ impl Config {
                     "max_message_size must be between 1 byte and 2^63-1".into(),
                 ));
             }
+            for (name, d, zero_ok) in [
+                ("ping_interval", r.ping_interval.0, true),
+                ("pong_timeout", r.pong_timeout.0, false),
+            ] {
+                if d.is_zero() && !zero_ok {
+                    return Err(err(Some(line), format!("{name} must be greater than zero")));
+                }
+                if d > MAX_TIMEOUT {
+                    return Err(err(Some(line), format!("{name} must be at most 7 days")));
+                }
+            }
             routes.push(Route {
                 path: r.path.get_ref().clone(),
                 upstream,
@@ -497,6 +524,8 @@ impl Config {
                 max_message_size: r.max_message_size.0,
                 validate_utf8: r.validate_utf8,
                 permessage_deflate: r.permessage_deflate,
+                ping_interval: r.ping_interval.0,
+                pong_timeout: r.pong_timeout.0,
             });
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));

@@ -53,6 +53,30 @@ pub struct RelayConfig {
     pub close_timeout: Duration,
     /// No traffic either way for this long closes the connection (0 = never).
     pub idle_timeout: Duration,
+    /// Ping a leg silent for this long (0 = keepalive off).
+    pub ping_interval: Duration,
+    /// A leg silent this long after wsedge's ping is dead.
+    pub pong_timeout: Duration,
+}
+
+impl RelayConfig {
+    /// The relay settings of a route.
+    pub fn for_route(
+        route: &crate::config::Route,
+        timeouts: &crate::config::Timeouts,
+        compressed: bool,
+    ) -> RelayConfig {
+        RelayConfig {
+            frames: route.relay == crate::config::RelayMode::Frames,
+            max_message_size: route.max_message_size,
+            validate_utf8: route.validate_utf8,
+            compressed,
+            close_timeout: timeouts.close,
+            idle_timeout: timeouts.idle,
+            ping_interval: route.ping_interval,
+            pong_timeout: route.pong_timeout,
+        }
+    }
 }
 
 /// One side of a proxied connection.

@@ -17,7 +17,7 @@ use monoio::net::TcpStream;
 use monoio::net::tcp::stream_poll::TcpStreamPoll;
 use tracing::{debug, info, warn};
 
-use crate::config::{RelayMode, Route, Server};
+use crate::config::{Route, Server};
 use crate::proto::handshake::{
     self, BackendRequest, BackendResponse, Expect, build_backend_request, build_switching_response,
     parse_request, parse_response, simple_response,
@@ -163,14 +163,7 @@ async fn start(
     };
     let cfg = &ctx.config;
     let route = &cfg.routes[up.route];
-    let relay_cfg = RelayConfig {
-        frames: route.relay == RelayMode::Frames,
-        max_message_size: route.max_message_size,
-        validate_utf8: route.validate_utf8,
-        compressed: up.compressed,
-        close_timeout: cfg.timeouts.close,
-        idle_timeout: cfg.timeouts.idle,
-    };
+    let relay_cfg = RelayConfig::for_route(route, &cfg.timeouts, up.compressed);
     let relay = Relay::new(
         client,
         up.backend,
