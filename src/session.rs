@@ -22,7 +22,7 @@ use crate::proto::handshake::{
     self, BackendRequest, BackendResponse, Expect, build_backend_request, build_switching_response,
     parse_request, parse_response, simple_response,
 };
-use crate::relay::{Ending, Outcome, Relay, RelayConfig};
+use crate::relay::{Outcome, Relay, RelayConfig};
 use crate::transport::{self, Transport, into_poll};
 use crate::worker::WorkerCtx;
 
@@ -129,7 +129,7 @@ fn closed(ctx: &WorkerCtx, info: &Info, outcome: &Outcome) {
         from_backend = outcome.from_backend,
         secs = info.started.elapsed().as_secs_f32(),
         "closed: {}",
-        describe(&outcome.ending)
+        outcome.ending
     );
 }
 
@@ -181,24 +181,6 @@ async fn start(
             started,
         }),
     ))
-}
-
-fn describe(e: &Ending) -> String {
-    match e {
-        Ending::Closed { by, code } => format!(
-            "{by:?} sent close {}",
-            code.map_or("(no code)".into(), |c| c.to_string())
-        ),
-        Ending::Vanished(leg) => format!("{leg:?} TCP connection ended without a close frame"),
-        Ending::ProtocolError(leg, err) => format!(
-            "{leg:?} protocol error: {err} (close {})",
-            err.close_code().0
-        ),
-        Ending::Idle => "idle timeout".into(),
-        Ending::Shutdown => "server shutdown".into(),
-        Ending::CloseTimeout => "close handshake timed out".into(),
-        Ending::TunnelEnded => "tunnel streams ended".into(),
-    }
 }
 
 /// Writes an HTTP error to the client and half-closes.

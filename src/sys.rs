@@ -6,9 +6,18 @@ use std::os::fd::RawFd;
 
 /// `shutdown(fd, SHUT_WR)`.
 pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
+    shutdown(fd, libc::SHUT_WR)
+}
+
+/// Shuts down both directions of a socket (a dead peer is dropped).
+pub fn shutdown_both(fd: RawFd) -> io::Result<()> {
+    shutdown(fd, libc::SHUT_RDWR)
+}
+
+fn shutdown(fd: RawFd, how: libc::c_int) -> io::Result<()> {
     // SAFETY: `shutdown` takes no pointers; an invalid fd is reported as an
     // error, not undefined behaviour.
-    let r = unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+    let r = unsafe { libc::shutdown(fd, how) };
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {

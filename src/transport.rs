@@ -27,6 +27,9 @@ pub trait Transport: Unpin {
     fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>>;
     /// Half-closes the write side (TCP FIN).
     fn shutdown_write(&mut self) -> io::Result<()>;
+    /// Ends the connection both ways (a dead peer is dropped); the socket
+    /// itself is closed when the stream is dropped.
+    fn shutdown_both(&mut self) -> io::Result<()>;
 }
 
 /// Reads at least one byte (or end of stream) into `buf`.
@@ -73,6 +76,10 @@ impl Transport for TcpStreamPoll {
 
     fn shutdown_write(&mut self) -> io::Result<()> {
         crate::sys::shutdown_write(self.as_raw_fd())
+    }
+
+    fn shutdown_both(&mut self) -> io::Result<()> {
+        crate::sys::shutdown_both(self.as_raw_fd())
     }
 }
 

@@ -1,0 +1,297 @@
+//! The poll-io driver: a relayed connection as one hand-written future over
+//! monoio's poll-io sockets, around the sans-IO [`Core`].
+//!
+//! The driver owns the two sockets, the buffer each direction has in flight
+//! (borrowed from the worker's pool for one read and the write that follows,
+//! so an idle connection holds none), and one timer. Everything else — what
+//! to write, which close to send, when to read, when to be woken — is the
+//! core's decision. Each poll does a bounded amount of work per direction
+//! ([`READS_PER_POLL`]) and re-wakes itself when it stops with work left,
+//! so one busy connection cannot starve the others on its worker.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use monoio::time::Sleep;
+
+use super::closing::TcpAction;
+use super::{Core, Leg, Outcome, RelayConfig, Worker};
+use crate::pool::PoolBuf;
+use crate::transport::Transport;
+
+/// Reads per direction in one poll before the relay yields to its
+/// neighbours (readiness is edge-triggered: the task wakes itself again).
+pub const READS_PER_POLL: u32 = 16;
+
+/// Bytes on their way out of the buffer they were read into.
+struct Out {
+    buf: PoolBuf,
+    written: usize,
+    end: usize,
+}
+
+/// A relayed connection: resolves when both close handshakes are done (or
+/// timed out), with what happened.
+pub struct Relay<C, B> {
+    client: C,
+    backend: B,
+    core: Core,
+    /// In flight, by source leg.
+    out: [Option<Out>; 2],
+    /// Bytes that came with the handshake heads, relayed before any read.
+    pending: Option<Box<[Vec<u8>; 2]>>,
+    timer: Option<Pin<Box<Sleep>>>,
+    worker: Rc<Worker>,
+    shutdown_slot: Option<usize>,
+}
+
+impl<C, B> std::fmt::Debug for Relay<C, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("core", &self.core)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Transport, B: Transport> Relay<C, B> {
+    /// A relay between `client` and `backend`. `from_client` and
+    /// `from_backend` are bytes that came after the handshake heads,
+    /// relayed first.
+    pub fn new(
+        client: C,
+        backend: B,
+        from_client: Vec<u8>,
+        from_backend: Vec<u8>,
+        cfg: &RelayConfig,
+        worker: Rc<Worker>,
+    ) -> Self {
+        let pending = (!from_client.is_empty() || !from_backend.is_empty())
+            .then(|| Box::new([from_client, from_backend]));
+        Relay {
+            client,
+            backend,
+            core: Core::new(cfg, Instant::now()),
+            out: [None, None],
+            pending,
+            timer: None,
+            worker,
+            shutdown_slot: None,
+        }
+    }
+
+    /// The connection's core (counters, round-trip times, policy).
+    pub fn core(&mut self) -> &mut Core {
+        &mut self.core
+    }
+}
+
+/// One direction's I/O: finish the write in flight, write wsedge's own
+/// frames, take TCP actions, then read and hand the bytes to the core.
+#[allow(clippy::too_many_arguments)]
+fn poll_dir<S: Transport, D: Transport>(
+    cx: &mut Context<'_>,
+    core: &mut Core,
+    out: &mut Option<Out>,
+    pending: &mut Option<Box<[Vec<u8>; 2]>>,
+    sl: Leg,
+    src: &mut S,
+    dst: &mut D,
+    w: &Worker,
+    now: Instant,
+) -> Poll<()> {
+    let dl = sl.other();
+    let mut reads = READS_PER_POLL;
+    loop {
+        // A dead destination is dropped, whatever is pending for it.
+        if core.must_drop(dl) {
+            *out = None;
+            let _ = core.take_tcp_action(dl);
+            let _ = dst.shutdown_both();
+        }
+        // 1. Finish writing what was read.
+        if let Some(o) = out {
+            while o.written < o.end {
+                match dst.poll_write(cx, &o.buf[o.written..o.end]) {
+                    Poll::Ready(Ok(n)) if n > 0 => o.written += n,
+                    Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Poll::Ready(r) => {
+                        *out = None;
+                        core.on_write_error(dl, error_kind(r), now);
+                        break;
+                    }
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            if out.take().is_some() {
+                core.on_forwarded(sl, now);
+            }
+        }
+        // 2. wsedge's own frames (close, ping) on the destination.
+        while let Some((frame, from)) = core.own_frame(dl, now, &mut w.keys.borrow_mut()) {
+            match dst.poll_write(cx, &frame.as_bytes()[from..]) {
+                Poll::Ready(Ok(n)) if n > 0 => core.own_frame_written(dl, n),
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Poll::Ready(r) => {
+                    core.on_write_error(dl, error_kind(r), now);
+                    break;
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        // 3. What the core decided for the destination's TCP connection.
+        match core.take_tcp_action(dl) {
+            Some(TcpAction::ShutdownWrite) => {
+                let _ = dst.shutdown_write();
+            }
+            Some(TcpAction::Drop) => {
+                let _ = dst.shutdown_both();
+            }
+            None => {}
+        }
+        // 4. Read, if the core wants it. The buffer goes back to the pool
+        // if nothing is there.
+        if !core.wants_read(sl) {
+            return Poll::Pending;
+        }
+        if reads == 0 {
+            // Fair share used: let the worker's other connections run.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        reads -= 1;
+        let mut buf = w.pool.take();
+        let carried = core.begin_read(sl, &mut buf);
+        let n = match pending.as_mut().map(|p| &mut p[sl as usize]) {
+            Some(p) if !p.is_empty() => {
+                let n = p.len().min(buf.len() - carried);
+                buf[carried..carried + n].copy_from_slice(&p[..n]);
+                p.drain(..n);
+                if pending
+                    .as_ref()
+                    .is_some_and(|p| p.iter().all(Vec::is_empty))
+                {
+                    *pending = None;
+                }
+                n
+            }
+            _ => match src.poll_read(cx, &mut buf[carried..]) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    core.on_read_end(sl, None, now);
+                    continue;
+                }
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Poll::Ready(Err(e)) => {
+                    core.on_read_end(sl, Some(e.kind()), now);
+                    continue;
+                }
+            },
+        };
+        let end = core.on_read(sl, &mut buf[..carried + n], now, &mut w.keys.borrow_mut());
+        if end > 0 {
+            *out = Some(Out {
+                buf,
+                written: 0,
+                end,
+            });
+        }
+    }
+}
+
+fn error_kind(r: io::Result<usize>) -> io::ErrorKind {
+    match r {
+        Ok(_) => io::ErrorKind::WriteZero,
+        Err(e) => e.kind(),
+    }
+}
+
+impl<C: Transport, B: Transport> Future for Relay<C, B> {
+    type Output = Outcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let this = self.get_mut();
+        let now = Instant::now();
+        let shutdown = &this.worker.shutdown;
+        match this.shutdown_slot {
+            None => this.shutdown_slot = Some(shutdown.register(cx.waker())),
+            Some(slot) => shutdown.update(slot, cx.waker()),
+        }
+        if shutdown.is_fired() {
+            this.core.shutdown(now);
+        }
+        let mut timer_fires = 0;
+        loop {
+            let w = &*this.worker;
+            let _ = poll_dir(
+                cx,
+                &mut this.core,
+                &mut this.out[0],
+                &mut this.pending,
+                Leg::Client,
+                &mut this.client,
+                &mut this.backend,
+                w,
+                now,
+            );
+            let _ = poll_dir(
+                cx,
+                &mut this.core,
+                &mut this.out[1],
+                &mut this.pending,
+                Leg::Backend,
+                &mut this.backend,
+                &mut this.client,
+                w,
+                now,
+            );
+            if this.core.is_done() {
+                // Both sockets are closed when the relay is dropped, right
+                // after this; the client's FIN goes out with that close (the
+                // server side closes first, RFC 6455 §7.1.1).
+                return Poll::Ready(this.core.outcome());
+            }
+            let mut fired = false;
+            if let Some(at) = this.core.poll_timeout() {
+                let at = monoio::time::Instant::from_std(at);
+                let timer = match &mut this.timer {
+                    // Armed for later than needed (or already spent): re-arm.
+                    // Armed earlier is fine: it fires, the core does what is
+                    // due (perhaps nothing), and the timer is re-armed.
+                    Some(t) if t.deadline() > at || t.is_elapsed() => {
+                        t.as_mut().reset(at);
+                        t
+                    }
+                    Some(t) => t,
+                    None => this.timer.insert(Box::pin(monoio::time::sleep_until(at))),
+                };
+                if timer.as_mut().poll(cx).is_ready() {
+                    if timer_fires == 4 {
+                        // Never spin here: come back on the next turn.
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                    timer_fires += 1;
+                    this.core
+                        .on_timeout(Instant::now(), &mut this.worker.keys.borrow_mut());
+                    fired = true;
+                }
+            }
+            if !this.core.take_repoll() && !fired {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+impl<C, B> Drop for Relay<C, B> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.shutdown_slot {
+            self.worker.shutdown.unregister(slot);
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! The relay: frames both ways between a client and its backend, after the
+//! handshake.
+//!
+//! It is split the way quinn-proto splits a connection from its endpoint's
+//! sockets:
+//!
+//! - [`core`]: the sans-IO per-connection logic ([`Core`]): bytes and the
+//!   time in, decisions out (what to write to which leg, which close to send,
+//!   when to be woken). It walks frames in place with [`walk`], follows the
+//!   close rules of [`closing`], keeps the deadlines (idle, close,
+//!   keepalive), counts, and runs the policy hooks of [`limit`].
+//! - [`driver`]: the I/O around it ([`Relay`], a hand-written future over
+//!   monoio's poll-io sockets): reads into pool buffers, writes out of the
+//!   same buffers, one timer, a bounded amount of work per poll.
+//! - [`harness`]: an in-memory driver for tests and fuzzing: both legs as
+//!   byte pipes with chosen chunking, a fake clock.
+//!
+//! The close codes wsedge sends, and why, are in `docs/architecture.md`.
+
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use crate::pool::Pool;
+use crate::proto::error::ProtocolError;
+use crate::proto::mask::MaskKeyGen;
+
+pub mod closing;
+pub mod core;
+pub mod driver;
+pub mod harness;
+pub mod limit;
+pub mod walk;
+
+pub use self::core::{Core, DirStats};
+pub use self::driver::Relay;
+
+/// The relay's limits and switches, from the route and global config.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayConfig {
+    /// Parse frames (`true`) or copy bytes (`false`, tunnel mode).
+    pub frames: bool,
+    /// Largest message; also the largest frame.
+    pub max_message_size: u64,
+    /// Validate text as UTF-8.
+    pub validate_utf8: bool,
+    /// permessage-deflate was negotiated: RSV1 allowed on data frames.
+    pub compressed: bool,
+    /// Waiting for the close handshake once begun.
+    pub close_timeout: Duration,
+    /// No traffic either way for this long closes the connection (0 = never).
+    pub idle_timeout: Duration,
+    /// Ping a leg silent for this long (0 = keepalive off).
+    pub ping_interval: Duration,
+    /// A leg silent this long after wsedge's ping is dead.
+    pub pong_timeout: Duration,
+}
+
+impl RelayConfig {
+    /// The relay settings of a route.
+    pub fn for_route(
+        route: &crate::config::Route,
+        timeouts: &crate::config::Timeouts,
+        compressed: bool,
+    ) -> RelayConfig {
+        RelayConfig {
+            frames: route.relay == crate::config::RelayMode::Frames,
+            max_message_size: route.max_message_size,
+            validate_utf8: route.validate_utf8,
+            compressed,
+            close_timeout: timeouts.close,
+            idle_timeout: timeouts.idle,
+            ping_interval: route.ping_interval,
+            pong_timeout: route.pong_timeout,
+        }
+    }
+}
+
+/// One side of a proxied connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Leg {
+    /// The client (downstream).
+    Client,
+    /// The backend (upstream).
+    Backend,
+}
+
+impl Leg {
+    /// The other side.
+    pub fn other(self) -> Leg {
+        match self {
+            Leg::Client => Leg::Backend,
+            Leg::Backend => Leg::Client,
+        }
+    }
+}
+
+/// How a relayed connection ended, for the log line and the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Close frames went both ways.
+    Closed {
+        /// Who sent the first close frame.
+        by: Leg,
+        /// Its code.
+        code: Option<u16>,
+    },
+    /// A side's TCP connection ended without a close frame: at EOF
+    /// (`None`) or with an error of this kind (reset, ...).
+    Vanished(Leg, Option<std::io::ErrorKind>),
+    /// A side did not answer wsedge's keepalive ping in time; it was dropped.
+    Dead(Leg),
+    /// A side broke the protocol.
+    ProtocolError(Leg, ProtocolError),
+    /// wsedge closed it: idle timeout.
+    Idle,
+    /// wsedge closed it: shutdown.
+    Shutdown,
+    /// wsedge closed it: the connection's deadline passed (a token expired).
+    Expired,
+    /// wsedge closed it: a side went over its rate limit (close mode).
+    RateLimited(Leg),
+    /// wsedge closed it: an operator asked.
+    ByOperator,
+    /// The close handshake did not finish in time; sockets dropped.
+    CloseTimeout,
+    /// Tunnel mode: both byte streams ended.
+    TunnelEnded,
+}
+
+/// What a relay did.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    /// Bytes read from the client.
+    pub from_client: u64,
+    /// Bytes read from the backend.
+    pub from_backend: u64,
+    /// How it ended.
+    pub ending: Ending,
+}
+
+/// A worker-wide "shutting down" flag that wakes every relay registered
+/// with it. One per worker; relays register their waker once.
+#[derive(Debug, Default)]
+pub struct Shutdown {
+    fired: Cell<bool>,
+    wakers: RefCell<Vec<Option<Waker>>>,
+    free: RefCell<Vec<usize>>,
+}
+
+impl Shutdown {
+    /// Sets the flag and wakes every registered relay.
+    pub fn fire(&self) {
+        self.fired.set(true);
+        let wakers: Vec<Waker> = self.wakers.borrow().iter().flatten().cloned().collect();
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    /// Whether [`Shutdown::fire`] was called.
+    pub fn is_fired(&self) -> bool {
+        self.fired.get()
+    }
+
+    /// Resolves once [`Shutdown::fire`] has been called.
+    pub async fn fired(&self) {
+        struct Wait<'a> {
+            shutdown: &'a Shutdown,
+            slot: Option<usize>,
+        }
+        impl Future for Wait<'_> {
+            type Output = ();
+            fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+                if self.shutdown.is_fired() {
+                    return Poll::Ready(());
+                }
+                match self.slot {
+                    None => self.slot = Some(self.shutdown.register(cx.waker())),
+                    Some(slot) => self.shutdown.update(slot, cx.waker()),
+                }
+                Poll::Pending
+            }
+        }
+        impl Drop for Wait<'_> {
+            fn drop(&mut self) {
+                if let Some(slot) = self.slot {
+                    self.shutdown.unregister(slot);
+                }
+            }
+        }
+        Wait {
+            shutdown: self,
+            slot: None,
+        }
+        .await
+    }
+
+    fn register(&self, w: &Waker) -> usize {
+        let mut all = self.wakers.borrow_mut();
+        match self.free.borrow_mut().pop() {
+            Some(i) => {
+                all[i] = Some(w.clone());
+                i
+            }
+            None => {
+                all.push(Some(w.clone()));
+                all.len() - 1
+            }
+        }
+    }
+
+    fn update(&self, slot: usize, w: &Waker) {
+        let mut all = self.wakers.borrow_mut();
+        if !all[slot].as_ref().is_some_and(|old| old.will_wake(w)) {
+            all[slot] = Some(w.clone());
+        }
+    }
+
+    fn unregister(&self, slot: usize) {
+        self.wakers.borrow_mut()[slot] = None;
+        self.free.borrow_mut().push(slot);
+    }
+}
+
+/// What relays borrow from their worker: the buffer pool, the masking keys
+/// and the shutdown flag. One per worker, shared by its relays.
+#[derive(Debug)]
+pub struct Worker {
+    /// The worker's buffer pool.
+    pub pool: std::rc::Rc<Pool>,
+    /// The worker's masking keys.
+    pub keys: RefCell<MaskKeyGen>,
+    /// The worker's shutdown flag.
+    pub shutdown: Shutdown,
+}
+
+impl fmt::Display for Ending {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let side = |l: &Leg| match l {
+            Leg::Client => "client",
+            Leg::Backend => "backend",
+        };
+        match self {
+            Ending::Closed { by, code: Some(c) } => write!(f, "{} sent close {c}", side(by)),
+            Ending::Closed { by, code: None } => write!(f, "{} sent close (no code)", side(by)),
+            Ending::Vanished(leg, None) => {
+                write!(
+                    f,
+                    "{} TCP connection ended without a close frame",
+                    side(leg)
+                )
+            }
+            Ending::Vanished(leg, Some(kind)) => {
+                write!(f, "{} TCP connection failed ({kind})", side(leg))
+            }
+            Ending::Dead(leg) => write!(f, "{} did not answer the keepalive ping", side(leg)),
+            Ending::ProtocolError(leg, err) => write!(
+                f,
+                "{} protocol error: {err} (close {})",
+                side(leg),
+                err.close_code().0
+            ),
+            Ending::Idle => f.write_str("idle timeout"),
+            Ending::Shutdown => f.write_str("server shutdown"),
+            Ending::Expired => f.write_str("connection deadline passed"),
+            Ending::RateLimited(leg) => write!(f, "{} over its rate limit", side(leg)),
+            Ending::ByOperator => f.write_str("closed by operator"),
+            Ending::CloseTimeout => f.write_str("close handshake timed out"),
+            Ending::TunnelEnded => f.write_str("tunnel streams ended"),
+        }
+    }
+}
