@@ -61,8 +61,6 @@ struct Dir {
     open_after: bool,
     /// To apply once the pending write is done.
     after: Option<Event>,
-    /// Over its rate: read again at this time (µs).
-    throttled_until: Option<u64>,
     /// Over its rate with `on_limit = close`: closed once the pending write is done.
     over_limit: bool,
     bytes: u64,
@@ -89,36 +87,27 @@ struct Keepalive {
     rtt: u32,
 }
 
-/// A frame of wsedge's own being written on a leg.
+/// A frame of wsedge's own (close, ping) being written on a leg. Boxed:
+/// it exists only for the few writes it takes, a few times per connection.
 #[derive(Debug, Clone, Copy)]
 struct OwnFrame {
-    kind: OwnKind,
-    mask: Option<[u8; 4]>,
+    frame: SmallFrame,
     written: u8,
 }
 
-#[derive(Debug, Clone, Copy)]
-enum OwnKind {
-    Close(CloseCode, &'static str),
-    Ping([u8; PING_TOKEN_LEN]),
-}
-
-impl OwnFrame {
-    fn render(&self) -> SmallFrame {
-        match self.kind {
-            OwnKind::Close(code, reason) => SmallFrame::close(code, reason, self.mask),
-            OwnKind::Ping(token) => SmallFrame::new(OpCode::Ping, &token, self.mask),
-        }
-    }
-}
-
-/// Timings in µs (0 = off where it may be).
+/// Timings in ms (0 = off where it may be); read in µs through [`ms`].
 #[derive(Debug, Clone, Copy)]
 struct Timing {
-    close: u64,
-    idle: u64,
-    ping_interval: u64,
-    pong_timeout: u64,
+    close: u32,
+    idle: u32,
+    ping_interval: u32,
+    pong_timeout: u32,
+}
+
+/// µs of a timing.
+#[inline]
+fn ms(t: u32) -> u64 {
+    t as u64 * 1000
 }
 
 /// One relayed connection's state. See the module documentation.
@@ -127,8 +116,9 @@ pub struct Core {
     born: Instant,
     dirs: [Dir; 2],
     closing: Closing,
-    keepalive: [Keepalive; 2],
-    own: [Option<OwnFrame>; 2],
+    /// Present when keepalive is on (`ping_interval` > 0).
+    keepalive: Option<Box<[Keepalive; 2]>>,
+    own: [Option<Box<OwnFrame>>; 2],
     timing: Timing,
     frames: bool,
     /// Last bytes from either leg, wsedge's own pongs aside (µs).
@@ -146,6 +136,11 @@ fn micros(d: Duration) -> u64 {
     d.as_micros().min(u64::MAX as u128) as u64
 }
 
+/// Config timeouts are at most 7 days: they fit u32 milliseconds.
+fn millis(d: Duration) -> u32 {
+    d.as_millis().min(u32::MAX as u128) as u32
+}
+
 impl Core {
     /// A connection that starts relaying at `now`.
     pub fn new(cfg: &RelayConfig, now: Instant) -> Core {
@@ -161,7 +156,6 @@ impl Core {
             out_open: false,
             open_after: false,
             after: None,
-            throttled_until: None,
             over_limit: false,
             bytes: 0,
             messages: 0,
@@ -173,17 +167,18 @@ impl Core {
                 dir(Peer::Server, Output::Keep),
             ],
             closing: Closing::default(),
-            keepalive: [Keepalive::default(); 2],
-            own: [None; 2],
+            keepalive: (cfg.frames && !cfg.ping_interval.is_zero())
+                .then(|| Box::new([Keepalive::default(); 2])),
+            own: [None, None],
             timing: Timing {
-                close: micros(cfg.close_timeout),
-                idle: micros(cfg.idle_timeout),
+                close: millis(cfg.close_timeout),
+                idle: millis(cfg.idle_timeout),
                 ping_interval: if cfg.frames {
-                    micros(cfg.ping_interval)
+                    millis(cfg.ping_interval).max(1)
                 } else {
                     0
                 },
-                pong_timeout: micros(cfg.pong_timeout),
+                pong_timeout: millis(cfg.pong_timeout).max(1),
             },
             frames: cfg.frames,
             last_activity: 0,
@@ -226,7 +221,10 @@ impl Core {
     pub fn wants_read(&self, leg: Leg) -> bool {
         let d = &self.dirs[leg as usize];
         !d.writing
-            && d.throttled_until.is_none()
+            && self
+                .policy
+                .as_ref()
+                .is_none_or(|p| p.throttled_until[leg as usize].is_none())
             && !self.closing.legs[leg as usize].recv_close
             && self.end.is_none()
     }
@@ -252,10 +250,16 @@ impl Core {
         let now = self.tick(now);
         let s = leg as usize;
         let dst = leg.other();
-        self.keepalive[s].last_rx = now;
-        if let Some(p) = &mut self.keepalive[s].ping {
-            // Any bytes are a sign of life; the pong may be queued behind them.
-            p.deadline = p.deadline.max(now + self.timing.pong_timeout);
+        let pong_timeout = ms(self.timing.pong_timeout);
+        let mut own_ping = None;
+        if let Some(ka) = &mut self.keepalive {
+            let ka = &mut ka[s];
+            ka.last_rx = now;
+            if let Some(p) = &mut ka.ping {
+                // Any bytes are a sign of life; the pong may be queued behind them.
+                p.deadline = p.deadline.max(now + pong_timeout);
+                own_ping = Some(p.token);
+            }
         }
         let forward = !self.closing.legs[dst as usize].sent_close;
         let d = &mut self.dirs[s];
@@ -270,7 +274,6 @@ impl Core {
         // The backend's answer to our 1001 is not for a client that owes us
         // a protocol error: that client gets its own close instead.
         let forward_close = forward && !(leg == Leg::Backend && self.closing.deferred.is_some());
-        let own_ping = self.keepalive[s].ping.map(|p| p.token);
         let walk = d.walker.walk(
             buf,
             WalkOpts {
@@ -282,9 +285,10 @@ impl Core {
         );
         d.messages += walk.messages as u64;
         if walk.own_pong {
-            if let Some(p) = self.keepalive[s].ping.take() {
-                if let Some(sent) = p.sent_at {
-                    self.keepalive[s].rtt = (now - sent).clamp(1, u32::MAX as u64) as u32;
+            if let Some(ka) = &mut self.keepalive {
+                let ka = &mut ka[s];
+                if let Some(sent) = ka.ping.take().and_then(|p| p.sent_at) {
+                    ka.rtt = (now - sent).clamp(1, u32::MAX as u64) as u32;
                 }
             }
         }
@@ -298,11 +302,13 @@ impl Core {
             d.out_open
         };
         d.after = walk.event;
-        if let Some(limit) = self.policy.as_mut().and_then(|p| p.limits[s].as_mut()) {
-            if let Err(until) = limit.charge(now, walk.messages as u64, new) {
-                match limit.on_limit {
-                    OnLimit::Throttle => d.throttled_until = Some(until),
-                    OnLimit::Close => d.over_limit = true,
+        if let Some(p) = &mut self.policy {
+            if let Some(limit) = &mut p.limits[s] {
+                if let Err(until) = limit.charge(now, walk.messages as u64, new) {
+                    match limit.on_limit {
+                        OnLimit::Throttle => p.throttled_until[s] = Some(until),
+                        OnLimit::Close => d.over_limit = true,
+                    }
                 }
             }
         }
@@ -346,9 +352,10 @@ impl Core {
         // the leg taking them is alive.
         let now = self.tick(now);
         let dst = src.other() as usize;
-        if let Some(p) = &mut self.keepalive[dst].ping {
+        let pong_timeout = ms(self.timing.pong_timeout);
+        if let Some(p) = self.keepalive.as_mut().and_then(|ka| ka[dst].ping.as_mut()) {
             if p.sent_at.is_none() {
-                p.deadline = p.deadline.max(now + self.timing.pong_timeout);
+                p.deadline = p.deadline.max(now + pong_timeout);
             }
         }
         self.apply_after(src);
@@ -369,20 +376,16 @@ impl Core {
         self.settle();
     }
 
-    /// The frame of wsedge's own to write on `leg` now, and how much of it
-    /// is already written; `None` when there is none (or it must wait for a
-    /// frame boundary). Call [`Core::own_frame_written`] after each write.
-    pub fn own_frame(
-        &mut self,
-        leg: Leg,
-        now: Instant,
-        keys: &mut MaskKeyGen,
-    ) -> Option<(SmallFrame, usize)> {
+    /// The bytes of wsedge's own frame (close, ping) still to write on
+    /// `leg`; `None` when there is none (or it must wait for a frame
+    /// boundary). Call [`Core::own_frame_written`] after each write.
+    pub fn own_frame(&mut self, leg: Leg, now: Instant, keys: &mut MaskKeyGen) -> Option<&[u8]> {
         self.tick(now);
         let l = leg as usize;
         let src = leg.other() as usize;
         if self.own[l].is_none() && !self.dirs[src].writing {
             let mask = |keys: &mut MaskKeyGen| (leg == Leg::Backend).then(|| keys.next_key());
+            let started = self.closing.started;
             if let Some((code, reason)) = self.closing.leg(leg).post.take() {
                 let st = self.closing.leg(leg);
                 if !st.sent_close {
@@ -397,39 +400,35 @@ impl Core {
                         self.closing.repoll = true;
                         self.settle();
                     } else {
-                        self.own[l] = Some(OwnFrame {
-                            kind: OwnKind::Close(code, reason),
-                            mask: mask(keys),
+                        self.own[l] = Some(Box::new(OwnFrame {
+                            frame: SmallFrame::close(code, reason, mask(keys)),
                             written: 0,
-                        });
+                        }));
                     }
                 }
-            } else if let Some(p) = &mut self.keepalive[l].ping {
+            } else if let Some(p) = self.keepalive.as_mut().and_then(|ka| ka[l].ping.as_mut()) {
                 let st = &self.closing.legs[l];
-                if p.sent_at.is_none()
-                    && !self.dirs[src].out_open
-                    && !st.sent_close
-                    && !self.closing.started
+                if p.sent_at.is_none() && !self.dirs[src].out_open && !st.sent_close && !started
                 {
-                    let t = self.now;
-                    p.sent_at = Some(t);
-                    p.deadline = t + self.timing.pong_timeout;
-                    self.own[l] = Some(OwnFrame {
-                        kind: OwnKind::Ping(p.token),
-                        mask: mask(keys),
+                    p.sent_at = Some(self.now);
+                    p.deadline = self.now + ms(self.timing.pong_timeout);
+                    self.own[l] = Some(Box::new(OwnFrame {
+                        frame: SmallFrame::new(OpCode::Ping, &p.token, mask(keys)),
                         written: 0,
-                    });
+                    }));
                 }
             }
         }
-        self.own[l].map(|f| (f.render(), f.written as usize))
+        self.own[l]
+            .as_deref()
+            .map(|f| &f.frame.as_bytes()[f.written as usize..])
     }
 
     /// `n` more bytes of the own frame on `leg` were written.
     pub fn own_frame_written(&mut self, leg: Leg, n: usize) {
         let l = leg as usize;
         if let Some(f) = &mut self.own[l] {
-            let len = f.render().as_bytes().len();
+            let len = f.frame.as_bytes().len();
             f.written = (f.written as usize + n).min(len) as u8;
             if f.written as usize == len {
                 self.own[l] = None;
@@ -466,30 +465,30 @@ impl Core {
             return None;
         }
         if let Some(started) = self.close_started {
-            at(started + self.timing.close);
+            at(started + ms(self.timing.close));
         } else {
             if self.timing.idle > 0 {
-                at(self.last_activity + self.timing.idle);
+                at(self.last_activity + ms(self.timing.idle));
             }
-            if self.timing.ping_interval > 0 {
-                for (l, ka) in self.keepalive.iter().enumerate() {
+            if let Some(kas) = &self.keepalive {
+                for (l, ka) in kas.iter().enumerate() {
                     if self.closing.legs[l].recv_close {
                         continue;
                     }
                     match ka.ping {
                         Some(p) => at(p.deadline),
-                        None => at(ka.last_rx + self.timing.ping_interval),
+                        None => at(ka.last_rx + ms(self.timing.ping_interval)),
                     }
                 }
             }
         }
-        for d in &self.dirs {
-            if let Some(t) = d.throttled_until {
+        if let Some(p) = &self.policy {
+            for t in p.throttled_until.iter().flatten() {
+                at(*t);
+            }
+            if let Some((t, ..)) = p.deadline {
                 at(t);
             }
-        }
-        if let Some((t, ..)) = self.policy.as_ref().and_then(|p| p.deadline) {
-            at(t);
         }
         next
     }
@@ -500,13 +499,13 @@ impl Core {
         if self.end.is_some() {
             return;
         }
-        for d in &mut self.dirs {
-            if d.throttled_until.is_some_and(|t| t <= now) {
-                d.throttled_until = None;
-                self.closing.repoll = true;
-            }
-        }
         if let Some(p) = &mut self.policy {
+            for t in &mut p.throttled_until {
+                if t.is_some_and(|t| t <= now) {
+                    *t = None;
+                    self.closing.repoll = true;
+                }
+            }
             if let Some((t, code, reason)) = p.deadline {
                 if t <= now {
                     p.deadline = None;
@@ -515,7 +514,7 @@ impl Core {
             }
         }
         if let Some(started) = self.close_started {
-            if now >= started + self.timing.close {
+            if now >= started + ms(self.timing.close) {
                 if self.closing.deferred.is_none() {
                     self.end = Some(Ending::CloseTimeout);
                 } else {
@@ -528,7 +527,7 @@ impl Core {
             }
             return;
         }
-        if self.timing.idle > 0 && now >= self.last_activity + self.timing.idle {
+        if self.timing.idle > 0 && now >= self.last_activity + ms(self.timing.idle) {
             if self.frames {
                 self.close_at(Ending::Idle, CloseCode::GOING_AWAY, "idle timeout");
             } else {
@@ -536,34 +535,36 @@ impl Core {
             }
             return;
         }
-        if self.timing.ping_interval > 0 {
-            for leg in [Leg::Client, Leg::Backend] {
-                let l = leg as usize;
-                if self.closing.legs[l].recv_close {
-                    continue;
+        let Some(kas) = &mut self.keepalive else {
+            return;
+        };
+        for leg in [Leg::Client, Leg::Backend] {
+            let l = leg as usize;
+            if self.closing.legs[l].recv_close {
+                continue;
+            }
+            match kas[l].ping {
+                Some(p) if now >= p.deadline => {
+                    kas[l].ping = None;
+                    self.closing.leg_dead(leg);
+                    self.dirs[leg.other() as usize].writing = false;
+                    self.dirs[leg.other() as usize].after = None;
+                    self.own[l] = None;
+                    self.settle();
+                    break;
                 }
-                match self.keepalive[l].ping {
-                    Some(p) if now >= p.deadline => {
-                        self.closing.leg_dead(leg);
-                        self.dirs[leg.other() as usize].writing = false;
-                        self.dirs[leg.other() as usize].after = None;
-                        self.own[l] = None;
-                        self.settle();
-                        break;
-                    }
-                    None if now >= self.keepalive[l].last_rx + self.timing.ping_interval => {
-                        let mut token = [0u8; PING_TOKEN_LEN];
-                        token[..4].copy_from_slice(&keys.next_key());
-                        token[4..].copy_from_slice(&keys.next_key());
-                        self.keepalive[l].ping = Some(Ping {
-                            token,
-                            sent_at: None,
-                            deadline: now + self.timing.pong_timeout,
-                        });
-                        self.closing.repoll = true;
-                    }
-                    _ => {}
+                None if now >= kas[l].last_rx + ms(self.timing.ping_interval) => {
+                    let mut token = [0u8; PING_TOKEN_LEN];
+                    token[..4].copy_from_slice(&keys.next_key());
+                    token[4..].copy_from_slice(&keys.next_key());
+                    kas[l].ping = Some(Ping {
+                        token,
+                        sent_at: None,
+                        deadline: now + ms(self.timing.pong_timeout),
+                    });
+                    self.closing.repoll = true;
                 }
+                _ => {}
             }
         }
     }
@@ -647,7 +648,7 @@ impl Core {
 
     /// Round-trip time of the last answered keepalive ping on `leg`.
     pub fn ping_rtt(&self, leg: Leg) -> Option<Duration> {
-        match self.keepalive[leg as usize].rtt {
+        match self.keepalive.as_ref().map_or(0, |ka| ka[leg as usize].rtt) {
             0 => None,
             us => Some(Duration::from_micros(us as u64)),
         }
@@ -698,3 +699,7 @@ impl Core {
         }
     }
 }
+
+// The per-connection state, held by every open connection: it grows only
+// on purpose (see the idle-memory figures in docs/benchmarks.md).
+const _: () = assert!(std::mem::size_of::<Core>() <= 640);

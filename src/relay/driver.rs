@@ -27,11 +27,22 @@ use crate::transport::Transport;
 /// neighbours (readiness is edge-triggered: the task wakes itself again).
 pub const READS_PER_POLL: u32 = 16;
 
+// A relayed connection's whole state while idle (the core, two sockets, no
+// buffer): grows only on purpose (see docs/benchmarks.md).
+const _: () = assert!(
+    std::mem::size_of::<
+        Relay<
+            monoio::net::tcp::stream_poll::TcpStreamPoll,
+            monoio::net::tcp::stream_poll::TcpStreamPoll,
+        >,
+    >() <= 896
+);
+
 /// Bytes on their way out of the buffer they were read into.
 struct Out {
     buf: PoolBuf,
-    written: usize,
-    end: usize,
+    written: u32,
+    end: u32,
 }
 
 /// A relayed connection: resolves when both close handshakes are done (or
@@ -115,8 +126,8 @@ fn poll_dir<S: Transport, D: Transport>(
         // 1. Finish writing what was read.
         if let Some(o) = out {
             while o.written < o.end {
-                match dst.poll_write(cx, &o.buf[o.written..o.end]) {
-                    Poll::Ready(Ok(n)) if n > 0 => o.written += n,
+                match dst.poll_write(cx, &o.buf[o.written as usize..o.end as usize]) {
+                    Poll::Ready(Ok(n)) if n > 0 => o.written += n as u32,
                     Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                     Poll::Ready(r) => {
                         *out = None;
@@ -131,8 +142,8 @@ fn poll_dir<S: Transport, D: Transport>(
             }
         }
         // 2. wsedge's own frames (close, ping) on the destination.
-        while let Some((frame, from)) = core.own_frame(dl, now, &mut w.keys.borrow_mut()) {
-            match dst.poll_write(cx, &frame.as_bytes()[from..]) {
+        while let Some(bytes) = core.own_frame(dl, now, &mut w.keys.borrow_mut()) {
+            match dst.poll_write(cx, bytes) {
                 Poll::Ready(Ok(n)) if n > 0 => core.own_frame_written(dl, n),
                 Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                 Poll::Ready(r) => {
@@ -197,7 +208,8 @@ fn poll_dir<S: Transport, D: Transport>(
             *out = Some(Out {
                 buf,
                 written: 0,
-                end,
+                // Buffers are at most 64 MiB (config).
+                end: end as u32,
             });
         }
     }

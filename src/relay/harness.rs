@@ -180,12 +180,11 @@ impl Pair {
             self.core.on_forwarded(sl, now);
         }
         // 2. Own frames.
-        while let Some((frame, from)) = self.core.own_frame(dl, now, &mut self.keys) {
+        while let Some(bytes) = self.core.own_frame(dl, now, &mut self.keys) {
             if let Some(kind) = self.legs[d].write_error {
                 self.core.on_write_error(dl, kind, now);
                 return true;
             }
-            let bytes = &frame.as_bytes()[from..];
             let n = room(&self.legs[d], bytes.len());
             if n == 0 {
                 return progress;

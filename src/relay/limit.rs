@@ -96,6 +96,8 @@ pub struct Policy {
     /// At this time (µs since the relay started) both legs are closed with
     /// the given code and reason: a token's expiry, say.
     pub deadline: Option<(u64, CloseCode, &'static str)>,
+    /// A throttled direction reads again at this time (µs), by source leg.
+    pub throttled_until: [Option<u64>; 2],
 }
 
 #[cfg(test)]
