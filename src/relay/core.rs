@@ -408,8 +408,7 @@ impl Core {
                 }
             } else if let Some(p) = self.keepalive.as_mut().and_then(|ka| ka[l].ping.as_mut()) {
                 let st = &self.closing.legs[l];
-                if p.sent_at.is_none() && !self.dirs[src].out_open && !st.sent_close && !started
-                {
+                if p.sent_at.is_none() && !self.dirs[src].out_open && !st.sent_close && !started {
                     p.sent_at = Some(self.now);
                     p.deadline = self.now + ms(self.timing.pong_timeout);
                     self.own[l] = Some(Box::new(OwnFrame {
