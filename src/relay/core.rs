@@ -173,10 +173,10 @@ impl Core {
             timing: Timing {
                 close: millis(cfg.close_timeout),
                 idle: millis(cfg.idle_timeout),
-                ping_interval: if cfg.frames {
-                    millis(cfg.ping_interval).max(1)
-                } else {
-                    0
+                ping_interval: match millis(cfg.ping_interval) {
+                    _ if !cfg.frames => 0,
+                    0 if !cfg.ping_interval.is_zero() => 1,
+                    t => t,
                 },
                 pong_timeout: millis(cfg.pong_timeout).max(1),
             },
