@@ -14,7 +14,7 @@ use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use monoio::time::Sleep;
 
@@ -170,7 +170,7 @@ fn poll_dir<S: Transport, D: Transport>(
         }
         if reads == 0 {
             // Fair share used: let the worker's other connections run.
-            cx.waker().wake_by_ref();
+            wake_after_others(cx);
             return Poll::Pending;
         }
         reads -= 1;
@@ -213,6 +213,23 @@ fn poll_dir<S: Transport, D: Transport>(
             });
         }
     }
+}
+
+/// Wakes the task polling `cx` after its neighbours on this worker have run
+/// and the io driver has been polled. A plain `wake_by_ref` does neither:
+/// monoio (0.2) puts a task that wakes itself while running at the *front*
+/// of its run queue, and under io_uring it collects poll-io readiness only
+/// when the worker parks, which it never does while tasks are queued. So a
+/// fresh task (queued at the back) waits for a timer that is already due: it
+/// fires at the worker's next park, which does not block, or at once if the
+/// worker parked within the last millisecond; then it wakes this one.
+fn wake_after_others(cx: &Context<'_>) {
+    let waker = cx.waker().clone();
+    let due = monoio::time::Instant::now() - Duration::from_millis(1);
+    monoio::spawn(async move {
+        monoio::time::sleep_until(due).await;
+        waker.wake();
+    });
 }
 
 fn error_kind(r: io::Result<usize>) -> io::ErrorKind {
@@ -284,7 +301,7 @@ impl<C: Transport, B: Transport> Future for Relay<C, B> {
                 if timer.as_mut().poll(cx).is_ready() {
                     if timer_fires == 4 {
                         // Never spin here: come back on the next turn.
-                        cx.waker().wake_by_ref();
+                        wake_after_others(cx);
                         return Poll::Pending;
                     }
                     timer_fires += 1;
