@@ -40,6 +40,10 @@ pub struct CompareArgs {
     /// The wsedge binary.
     #[arg(long, default_value = "target/release/wsedge")]
     pub wsedge: PathBuf,
+    /// Another wsedge build, run as contender `wsedge-before` next to
+    /// `wsedge`: a data-path change's before/after in one run.
+    #[arg(long)]
+    pub wsedge_before: Option<PathBuf>,
     /// Markdown file whose `## Proxy comparison (wsload)` section is rewritten.
     #[arg(long, default_value = "docs/benchmarks.md")]
     pub doc: PathBuf,
@@ -607,7 +611,8 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
         (Duration::from_secs(1), Duration::from_secs(3))
     };
     let duration = a.duration.unwrap_or(duration);
-    let bins = proxy::find_binaries(!a.no_install, &a.wsedge, &mut notes);
+    let mut bins = proxy::find_binaries(!a.no_install, &a.wsedge, &mut notes);
+    bins.wsedge_before = a.wsedge_before.clone().filter(|p| p.is_file());
     let dir = match &a.work_dir {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("wsload-compare-{}", std::process::id())),

@@ -22,15 +22,19 @@ pub enum Contender {
     HaproxyTuned,
     Wsedge,
     WsedgeTunnel,
+    /// Another wsedge build (`--wsedge-before`), for before/after figures
+    /// measured side by side in one run.
+    WsedgeBefore,
 }
 
 impl Contender {
-    pub const ALL: [Contender; 7] = [
+    pub const ALL: [Contender; 8] = [
         Self::Nginx,
         Self::NginxTuned,
         Self::Haproxy,
         Self::HaproxyTuned,
         Self::Direct,
+        Self::WsedgeBefore,
         Self::Wsedge,
         Self::WsedgeTunnel,
     ];
@@ -44,6 +48,7 @@ impl Contender {
             Self::HaproxyTuned => "haproxy-tuned",
             Self::Wsedge => "wsedge",
             Self::WsedgeTunnel => "wsedge-tunnel",
+            Self::WsedgeBefore => "wsedge-before",
         }
     }
 
@@ -56,6 +61,7 @@ impl Contender {
             Self::HaproxyTuned => "HAProxy, nbthread 1, tune.bufsize 65536",
             Self::Wsedge => "wsedge, 1 worker, relay = \"frames\" (default)",
             Self::WsedgeTunnel => "wsedge, 1 worker, relay = \"tunnel\"",
+            Self::WsedgeBefore => "wsedge (--wsedge-before build), 1 worker, relay = \"frames\"",
         }
     }
 
@@ -64,7 +70,7 @@ impl Contender {
     }
 
     pub fn is_wsedge(self) -> bool {
-        matches!(self, Self::Wsedge | Self::WsedgeTunnel)
+        matches!(self, Self::Wsedge | Self::WsedgeTunnel | Self::WsedgeBefore)
     }
 }
 
@@ -99,6 +105,7 @@ pub struct Binaries {
     pub nginx: Option<PathBuf>,
     pub haproxy: Option<PathBuf>,
     pub wsedge: Option<PathBuf>,
+    pub wsedge_before: Option<PathBuf>,
 }
 
 fn which(name: &str) -> Option<PathBuf> {
@@ -186,6 +193,7 @@ pub fn find_binaries(install: bool, wsedge: &Path, notes: &mut Vec<String>) -> B
         nginx,
         haproxy,
         wsedge: wsedge_ok.then(|| wsedge.to_path_buf()),
+        wsedge_before: None,
     }
 }
 
@@ -210,6 +218,13 @@ pub fn version(c: Contender, bins: &Binaries) -> String {
         Contender::Wsedge | Contender::WsedgeTunnel => {
             "wsedge (this repository, release build)".into()
         }
+        Contender::WsedgeBefore => format!(
+            "wsedge ({})",
+            bins.wsedge_before
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        ),
         Contender::Direct => String::new(),
     }
 }
@@ -220,6 +235,7 @@ pub fn available(c: Contender, bins: &Binaries) -> bool {
         Contender::Nginx | Contender::NginxTuned => bins.nginx.is_some(),
         Contender::Haproxy | Contender::HaproxyTuned => bins.haproxy.is_some(),
         Contender::Wsedge | Contender::WsedgeTunnel => bins.wsedge.is_some(),
+        Contender::WsedgeBefore => bins.wsedge_before.is_some(),
     }
 }
 
@@ -382,8 +398,13 @@ pub fn start(
             // -db: stay in the foreground.
             cmd.arg(bin).arg("-db").arg("-f").arg(&conf);
         }
-        Contender::Wsedge => {
-            let bin = bins.wsedge.as_ref().context("wsedge not found")?;
+        Contender::Wsedge | Contender::WsedgeBefore => {
+            let bin = if c == Contender::Wsedge {
+                bins.wsedge.as_ref()
+            } else {
+                bins.wsedge_before.as_ref()
+            }
+            .context("wsedge not found")?;
             cmd.arg(bin).args([
                 "--listen",
                 &listen.to_string(),
