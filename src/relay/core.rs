@@ -632,6 +632,8 @@ impl Core {
             from_client: self.dirs[0].bytes,
             from_backend: self.dirs[1].bytes,
             ending,
+            client: self.stats(Leg::Client),
+            backend: self.stats(Leg::Backend),
         }
     }
 

@@ -140,6 +140,10 @@ pub struct Outcome {
     pub from_backend: u64,
     /// How it ended.
     pub ending: Ending,
+    /// What the client sent: bytes, messages, frames by opcode.
+    pub client: DirStats,
+    /// What the backend sent.
+    pub backend: DirStats,
 }
 
 /// A worker-wide "shutting down" flag that wakes every relay registered
