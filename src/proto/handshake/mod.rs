@@ -25,6 +25,7 @@ use base64::engine::general_purpose::STANDARD;
 use sha1::{Digest, Sha1};
 
 mod backend;
+mod head;
 mod request;
 #[cfg(test)]
 mod tests;
@@ -32,6 +33,7 @@ mod tests;
 pub use backend::{
     BackendRequest, BackendResponse, Expect, ResponseError, build_backend_request, parse_response,
 };
+pub use head::{HeadKind, HeadScanner, Scan};
 pub use request::{Rejection, UpgradeRequest, parse_request};
 
 /// The GUID RFC 6455 §1.3 appends to the key before hashing it.
