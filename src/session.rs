@@ -19,20 +19,202 @@ use tracing::{debug, info, warn};
 
 use crate::config::{Route, Server};
 use crate::proto::handshake::{
-    self, BackendRequest, BackendResponse, Expect, build_backend_request, build_switching_response,
-    parse_request, parse_response, simple_response,
+    self, BackendRequest, BackendResponse, Expect, Rejection, ResponseError, build_backend_request,
+    build_switching_response, parse_request, parse_response, simple_response,
 };
 use crate::relay::{Ending, Outcome, Relay, RelayConfig};
 use crate::transport::{self, Transport, into_poll};
 use crate::worker::WorkerCtx;
 
-/// Why a session ended before relaying.
+/// Which side of the proxy a handshake failure comes from (pingora's
+/// `ErrorSource::{Downstream, Upstream, Internal}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// The client's connection or request.
+    Client,
+    /// A backend server: its connection or its answer.
+    Backend(Server),
+    /// wsedge's own limits and routes.
+    Proxy,
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Side::Client => f.write_str("client"),
+            Side::Backend(server) => write!(f, "backend {server}"),
+            Side::Proxy => f.write_str("wsedge"),
+        }
+    }
+}
+
+/// What wsedge was doing when the handshake failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Checking `limits.max_connections`.
+    Admitting,
+    /// Waiting for the first byte of the request.
+    AwaitingRequest,
+    /// Reading the rest of the request head.
+    ReadingRequestHead,
+    /// Choosing the route for the path.
+    Routing,
+    /// Connecting to the upstream's servers.
+    Connecting,
+    /// Writing the upgrade request to the backend.
+    WritingUpgradeRequest,
+    /// Reading the backend's response head.
+    ReadingResponseHead,
+    /// Writing the `101 Switching Protocols` to the client.
+    WritingSwitch,
+}
+
+impl Step {
+    fn doing(self) -> &'static str {
+        match self {
+            Step::Admitting => "admitting the connection",
+            Step::AwaitingRequest => "waiting for the request",
+            Step::ReadingRequestHead => "reading the request head",
+            Step::Routing => "routing the request",
+            Step::Connecting => "connecting",
+            Step::WritingUpgradeRequest => "writing the upgrade request",
+            Step::ReadingResponseHead => "reading the response head",
+            Step::WritingSwitch => "writing the 101",
+        }
+    }
+}
+
+/// What went wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Cause {
+    /// A socket call failed.
+    Io(io::ErrorKind),
+    /// `timeouts.handshake` (or `timeouts.connect`) passed.
+    TimedOut,
+    /// The peer closed its side (end of stream).
+    Closed,
+    /// The client's request broke a rule.
+    Rejected(Rejection),
+    /// The backend's answer broke a rule.
+    BadResponse(ResponseError),
+    /// No route matches the path.
+    NoRoute(Box<str>),
+    /// `limits.max_connections` open connections on this worker.
+    Overloaded,
+    /// The backend answered with a status other than 101, relayed to the
+    /// client.
+    Answered(u16),
+}
+
+/// Why a handshake ended without a relay: which side failed, what wsedge
+/// was doing, and the cause. It knows what the client is told
+/// ([`HandshakeError::status`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct HandshakeError {
+    side: Side,
+    step: Step,
+    cause: Cause,
+}
+
+impl HandshakeError {
+    fn client(step: Step, cause: Cause) -> Self {
+        Self {
+            side: Side::Client,
+            step,
+            cause,
+        }
+    }
+
+    fn backend(server: Server, step: Step, cause: Cause) -> Self {
+        Self {
+            side: Side::Backend(server),
+            step,
+            cause,
+        }
+    }
+
+    fn proxy(step: Step, cause: Cause) -> Self {
+        Self {
+            side: Side::Proxy,
+            step,
+            cause,
+        }
+    }
+
+    /// The HTTP status the client is answered with, or `None` when the
+    /// connection is closed without an answer (the client left, or sent
+    /// nothing at all).
+    fn status(&self) -> Option<u16> {
+        match (&self.cause, self.side) {
+            (Cause::Rejected(r), _) => Some(r.status()),
+            (Cause::BadResponse(e), _) => Some(e.status()),
+            (Cause::Answered(status), _) => Some(*status),
+            (Cause::NoRoute(_), _) => Some(404),
+            (Cause::Overloaded, _) => Some(503),
+            (Cause::TimedOut, Side::Client) if self.step == Step::ReadingRequestHead => Some(408),
+            (_, Side::Client) => None,
+            (Cause::TimedOut, Side::Backend(_)) => Some(504),
+            (_, Side::Backend(_)) => Some(502),
+            (_, Side::Proxy) => Some(500),
+        }
+    }
+
+    /// The complete answer for the client (for a status from
+    /// [`Self::status`]; a relayed backend answer is the backend's own).
+    fn response(&self, status: u16) -> Vec<u8> {
+        match &self.cause {
+            Cause::Rejected(r) => r.response(),
+            Cause::BadResponse(e) => e.response(),
+            _ => {
+                let body = match status {
+                    404 => "no route for this path",
+                    408 => "request head timed out",
+                    500 => "internal error",
+                    503 => "too many connections",
+                    504 => "backend timed out",
+                    _ => "backend unavailable",
+                };
+                simple_response(status, body)
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (side, doing) = (self.side, self.step.doing());
+        match &self.cause {
+            Cause::Io(kind) => write!(f, "{side}: {kind} while {doing}"),
+            Cause::TimedOut => write!(f, "{side}: timed out {doing}"),
+            Cause::Closed => write!(f, "{side}: closed the connection while {doing}"),
+            Cause::Rejected(r) => write!(f, "{side}: {r}"),
+            Cause::BadResponse(e) => write!(f, "{side}: {e}"),
+            Cause::NoRoute(path) => write!(f, "no route for {path}"),
+            Cause::Overloaded => f.write_str("max_connections reached"),
+            Cause::Answered(status) => {
+                write!(f, "{side}: answered {status}, relayed to the client")
+            }
+        }
+    }
+}
+
+impl std::error::Error for HandshakeError {}
+
+/// A handshake that ends without a relay: why, and the backend's own
+/// answer when it is relayed (otherwise the answer comes from the error).
 #[derive(Debug)]
-enum Refused {
-    /// The client left (or sent nothing) before a complete request.
-    Silent(&'static str),
-    /// Answered with an HTTP error.
-    Answered(u16, String),
+struct Refused {
+    error: HandshakeError,
+    relayed: Option<Vec<u8>>,
+}
+
+impl From<HandshakeError> for Refused {
+    fn from(error: HandshakeError) -> Self {
+        Self {
+            error,
+            relayed: None,
+        }
+    }
 }
 
 /// One accepted client connection, as the future its worker runs: first
@@ -151,13 +333,8 @@ async fn start(
     };
     let up = match handshake(&ctx, &mut client, peer).await {
         Ok(up) => up,
-        Err(Refused::Silent(why)) => {
-            debug!(worker = ctx.id, client = %peer, "dropped: {why}");
-            return None;
-        }
-        Err(Refused::Answered(status, why)) => {
-            ctx.stats.refused.inc();
-            info!(worker = ctx.id, client = %peer, status, "refused: {why}");
+        Err(refused) => {
+            refuse(&ctx, &mut client, peer, refused).await;
             return None;
         }
     };
@@ -201,29 +378,31 @@ fn describe(e: &Ending) -> String {
     }
 }
 
-/// Writes an HTTP error to the client and half-closes.
-async fn answer<T: Transport>(client: &mut T, timeout: Duration, bytes: &[u8]) {
-    let _ = monoio::time::timeout(timeout, transport::write_all(client, bytes)).await;
+/// Logs and counts a refused handshake and answers the client: with the
+/// error's status, or the backend's own answer; nothing when the client
+/// left or sent nothing.
+async fn refuse<T: Transport>(ctx: &WorkerCtx, client: &mut T, peer: SocketAddr, refused: Refused) {
+    let Refused { error, relayed } = refused;
+    let Some(status) = error.status() else {
+        debug!(worker = ctx.id, client = %peer, "dropped: {error}");
+        return;
+    };
+    ctx.stats.refused.inc();
+    info!(worker = ctx.id, client = %peer, status, "refused: {error}");
+    let answer = relayed.unwrap_or_else(|| error.response(status));
+    let t = ctx.config.timeouts.handshake;
+    let _ = monoio::time::timeout(t, transport::write_all(client, &answer)).await;
     let _ = client.shutdown_write();
 }
 
-/// Answers the client with `status` and a short body, and gives the
-/// refusal to log.
-async fn refuse<T: Transport>(
-    client: &mut T,
-    timeout: Duration,
-    status: u16,
-    why: String,
-) -> Refused {
-    let body = match status {
-        404 => "no route for this path",
-        408 => "request head timed out",
-        503 => "too many connections",
-        504 => "backend timed out",
-        _ => "backend unavailable",
-    };
-    answer(client, timeout, &simple_response(status, body)).await;
-    Refused::Answered(status, why)
+/// Runs a socket call under `limit`: its error becomes [`Cause::Io`], the
+/// end of the time [`Cause::TimedOut`].
+async fn timed<T>(limit: Duration, f: impl Future<Output = io::Result<T>>) -> Result<T, Cause> {
+    match monoio::time::timeout(limit, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Cause::Io(e.kind())),
+        Err(_) => Err(Cause::TimedOut),
+    }
 }
 
 /// Reads into `buf` until `complete(buf)` says the head is whole or bad.
@@ -276,13 +455,13 @@ async fn handshake(
     let hs_timeout = cfg.timeouts.handshake;
 
     if ctx.stats.active.get() > cfg.limits.max_connections as u64 {
-        return Err(refuse(client, hs_timeout, 503, "max_connections reached".into()).await);
+        return Err(HandshakeError::proxy(Step::Admitting, Cause::Overloaded).into());
     }
 
     // 1. The client's request head.
     let mut head = Vec::with_capacity(1024);
     let probe_headers = cfg.limits.max_headers;
-    let read = monoio::time::timeout(
+    let read = timed(
         hs_timeout,
         read_head(client, &mut head, limits.max_head_bytes, |b| {
             let mut h = vec![httparse::EMPTY_HEADER; probe_headers];
@@ -290,39 +469,32 @@ async fn handshake(
         }),
     )
     .await;
+    let step = if head.is_empty() {
+        Step::AwaitingRequest
+    } else {
+        Step::ReadingRequestHead
+    };
     match read {
-        Err(_) if head.is_empty() => {
-            return Err(Refused::Silent("no request before the handshake timeout"));
-        }
-        Err(_) => {
-            return Err(refuse(client, hs_timeout, 408, "request head timed out".into()).await);
-        }
-        Ok(Err(_)) | Ok(Ok(false)) => {
-            return Err(Refused::Silent("client closed before a complete request"));
-        }
-        Ok(Ok(true)) => {}
+        Ok(true) => {}
+        Ok(false) => return Err(HandshakeError::client(step, Cause::Closed).into()),
+        Err(cause) => return Err(HandshakeError::client(step, cause).into()),
     }
     let mut headers = vec![httparse::EMPTY_HEADER; cfg.limits.max_headers];
     let (req, head_len) = match parse_request(&head, &mut headers, &limits) {
         Ok(Some(r)) => r,
-        Ok(None) => return Err(Refused::Silent("incomplete request")),
-        Err(rej) => {
-            answer(client, hs_timeout, &rej.response()).await;
-            return Err(Refused::Answered(rej.status(), rej.to_string()));
-        }
+        Ok(None) => return Err(HandshakeError::client(step, Cause::Closed).into()),
+        Err(rej) => return Err(HandshakeError::client(step, Cause::Rejected(rej)).into()),
     };
 
     // 2. Route.
     let path = req.path().to_string();
     let Some(route) = cfg.route(&path) else {
-        return Err(refuse(client, hs_timeout, 404, format!("no route for {path}")).await);
+        return Err(HandshakeError::proxy(Step::Routing, Cause::NoRoute(path.into())).into());
     };
 
     // 3. Backend connect (each server of the upstream once, round-robin start).
-    let (mut backend, server) = match connect_upstream(ctx, route).await {
-        Ok(x) => x,
-        Err((status, why)) => return Err(refuse(client, hs_timeout, status, why).await),
-    };
+    let (mut backend, server) = connect_upstream(ctx, route).await?;
+    let failed = |step, cause| HandshakeError::backend(server, step, cause);
 
     // 4. Backend handshake.
     let mut nonce = [0u8; 16];
@@ -344,32 +516,13 @@ async fn handshake(
     };
     let request = build_backend_request(&req, &opts);
     let expect = Expect::new(&req, &opts);
-    let backend_failed = |why: String| format!("backend {server}: {why}");
 
-    match monoio::time::timeout(hs_timeout, transport::write_all(&mut backend, &request)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            return Err(refuse(
-                client,
-                hs_timeout,
-                502,
-                backend_failed(format!("writing the upgrade request: {e}")),
-            )
-            .await);
-        }
-        Err(_) => {
-            return Err(refuse(
-                client,
-                hs_timeout,
-                504,
-                backend_failed("timed out writing the upgrade request".into()),
-            )
-            .await);
-        }
-    }
+    timed(hs_timeout, transport::write_all(&mut backend, &request))
+        .await
+        .map_err(|cause| failed(Step::WritingUpgradeRequest, cause))?;
 
     let mut resp = Vec::with_capacity(512);
-    let resp_read = monoio::time::timeout(hs_timeout, async {
+    let resp_read = timed(hs_timeout, async {
         loop {
             let r = read_head(&mut backend, &mut resp, limits.max_head_bytes, |b| {
                 let mut h = vec![httparse::EMPTY_HEADER; probe_headers];
@@ -395,34 +548,9 @@ async fn handshake(
     })
     .await;
     match resp_read {
-        Err(_) => {
-            return Err(refuse(
-                client,
-                hs_timeout,
-                504,
-                backend_failed("no response head before the handshake timeout".into()),
-            )
-            .await);
-        }
-        Ok(Err(e)) => {
-            return Err(refuse(
-                client,
-                hs_timeout,
-                502,
-                backend_failed(format!("reading the response: {e}")),
-            )
-            .await);
-        }
-        Ok(Ok(false)) => {
-            return Err(refuse(
-                client,
-                hs_timeout,
-                502,
-                backend_failed("closed the connection before answering".into()),
-            )
-            .await);
-        }
-        Ok(Ok(true)) => {}
+        Ok(true) => {}
+        Ok(false) => return Err(failed(Step::ReadingResponseHead, Cause::Closed).into()),
+        Err(cause) => return Err(failed(Step::ReadingResponseHead, cause).into()),
     }
     let mut resp_headers = vec![httparse::EMPTY_HEADER; cfg.limits.max_headers];
     let (protocol, extensions, resp_len) =
@@ -438,33 +566,23 @@ async fn handshake(
                 BackendResponse::Other { status } | BackendResponse::Interim { status },
                 n,
             ))) => {
-                relay_answer(ctx, client, &mut backend, &resp, n).await;
-                let why = backend_failed(format!("answered {status}, relayed to the client"));
-                return Err(Refused::Answered(status, why));
+                let answer = relay_answer(ctx, &mut backend, &resp, n).await;
+                return Err(Refused {
+                    error: failed(Step::ReadingResponseHead, Cause::Answered(status)),
+                    relayed: Some(answer),
+                });
             }
-            Ok(None) => {
-                return Err(refuse(
-                    client,
-                    hs_timeout,
-                    502,
-                    backend_failed("incomplete response".into()),
-                )
-                .await);
-            }
+            Ok(None) => return Err(failed(Step::ReadingResponseHead, Cause::Closed).into()),
             Err(e) => {
-                answer(client, hs_timeout, &e.response()).await;
-                return Err(Refused::Answered(502, backend_failed(e.to_string())));
+                return Err(failed(Step::ReadingResponseHead, Cause::BadResponse(e)).into());
             }
         };
 
     // 5. Answer the client.
     let switching = build_switching_response(&req.accept_key(), protocol, extensions);
-    if !matches!(
-        monoio::time::timeout(hs_timeout, transport::write_all(client, &switching)).await,
-        Ok(Ok(()))
-    ) {
-        return Err(Refused::Silent("client left before the 101 was written"));
-    }
+    timed(hs_timeout, transport::write_all(client, &switching))
+        .await
+        .map_err(|cause| HandshakeError::client(Step::WritingSwitch, cause))?;
     ctx.stats.upgraded.inc();
     debug!(worker = ctx.id, client = %peer, path = %path, backend = %server, protocol = ?protocol, "upgraded");
 
@@ -484,14 +602,14 @@ async fn handshake(
     })
 }
 
-/// Relays a backend's non-101 answer (head and a bounded body) to the client.
+/// A backend's non-101 answer (head and a bounded body) as relayed to the
+/// client.
 async fn relay_answer(
     ctx: &WorkerCtx,
-    client: &mut TcpStreamPoll,
     backend: &mut TcpStreamPoll,
     resp: &[u8],
     head_len: usize,
-) {
+) -> Vec<u8> {
     let t = ctx.config.timeouts.handshake;
     let max = ctx.config.limits.max_response_body;
     let mut headers = vec![httparse::EMPTY_HEADER; ctx.config.limits.max_headers];
@@ -523,50 +641,161 @@ async fn relay_answer(
     body.truncate(want);
     let mut out = resp[..head_len].to_vec();
     out.extend_from_slice(&body);
-    answer(client, t, &out).await;
+    out
 }
 
 /// Connects to a server of the route's upstream: tries each once, starting
-/// at the worker's round-robin position. `Err((502|504, why))` if none answers.
+/// at the worker's round-robin position. When none answers, the error names
+/// the last server tried (a timed-out one if any timed out: 504).
 async fn connect_upstream(
     ctx: &WorkerCtx,
     route: &Route,
-) -> Result<(TcpStreamPoll, Server), (u16, String)> {
+) -> Result<(TcpStreamPoll, Server), HandshakeError> {
     let upstream = &ctx.config.upstreams[route.upstream];
     let n = upstream.servers.len();
     let start = ctx.next_rr(route.upstream);
-    let mut timed_out = false;
-    let mut last_err = String::new();
+    let mut failure: Option<HandshakeError> = None;
     for i in 0..n {
         let server = upstream.servers[(start + i) % n];
         let addr = match server {
             Server::Addr(a) => a,
             Server::BuiltinEcho => match ctx.echo_addr {
                 Some(a) => a,
-                None => continue,
+                None => {
+                    // The built-in echo server is not running on this worker.
+                    let e = io::ErrorKind::AddrNotAvailable;
+                    failure.get_or_insert(HandshakeError::backend(
+                        server,
+                        Step::Connecting,
+                        Cause::Io(e),
+                    ));
+                    continue;
+                }
             },
         };
-        match monoio::time::timeout(ctx.config.timeouts.connect, TcpStream::connect_addr(addr))
-            .await
-        {
-            Ok(Ok(s)) => {
+        let cause = match timed(ctx.config.timeouts.connect, TcpStream::connect_addr(addr)).await {
+            Ok(s) => {
                 let _ = s.set_nodelay(true);
                 match into_poll(s) {
                     Ok(s) => return Ok((s, server)),
-                    Err(e) => last_err = format!("registering the socket to {server}: {e}"),
+                    Err(e) => Cause::Io(e.kind()),
                 }
             }
-            Ok(Err(e)) => {
-                warn!(worker = ctx.id, backend = %server, "connect failed: {e}");
-                last_err = format!("connect to {server}: {e}");
-            }
-            Err(_) => {
-                warn!(worker = ctx.id, backend = %server, "connect timed out");
-                timed_out = true;
-                last_err = format!("connect to {server} timed out");
-            }
+            Err(cause) => cause,
+        };
+        let error = HandshakeError::backend(server, Step::Connecting, cause);
+        warn!(worker = ctx.id, backend = %server, "{error}");
+        // A timeout is kept over later refusals: the client is told 504.
+        if !matches!(&failure, Some(f) if f.cause == Cause::TimedOut) {
+            failure = Some(error);
         }
     }
     ctx.stats.backend_failures.inc();
-    Err((if timed_out { 504 } else { 502 }, last_err))
+    Err(failure.unwrap_or(HandshakeError::proxy(
+        Step::Connecting,
+        Cause::Io(io::ErrorKind::NotFound),
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server() -> Server {
+        Server::Addr("10.0.0.5:9001".parse().unwrap())
+    }
+
+    #[test]
+    fn each_failure_knows_its_status() {
+        use Cause::*;
+        let client = |step, cause| HandshakeError::client(step, cause).status();
+        let backend = |step, cause| HandshakeError::backend(server(), step, cause).status();
+        assert_eq!(client(Step::AwaitingRequest, TimedOut), None);
+        assert_eq!(client(Step::ReadingRequestHead, TimedOut), Some(408));
+        assert_eq!(client(Step::ReadingRequestHead, Closed), None);
+        let reset = Io(io::ErrorKind::ConnectionReset);
+        assert_eq!(client(Step::ReadingRequestHead, reset.clone()), None);
+        assert_eq!(client(Step::WritingSwitch, TimedOut), None);
+        let too_large = Rejected(Rejection::HeadTooLarge);
+        assert_eq!(client(Step::ReadingRequestHead, too_large), Some(431));
+        let overloaded = HandshakeError::proxy(Step::Admitting, Overloaded);
+        assert_eq!(overloaded.status(), Some(503));
+        let no_route = HandshakeError::proxy(Step::Routing, NoRoute("/x".into()));
+        assert_eq!(no_route.status(), Some(404));
+        assert_eq!(backend(Step::Connecting, TimedOut), Some(504));
+        let refused = Io(io::ErrorKind::ConnectionRefused);
+        assert_eq!(backend(Step::Connecting, refused), Some(502));
+        assert_eq!(backend(Step::WritingUpgradeRequest, reset), Some(502));
+        assert_eq!(backend(Step::ReadingResponseHead, TimedOut), Some(504));
+        assert_eq!(backend(Step::ReadingResponseHead, Closed), Some(502));
+        let bad = BadResponse(ResponseError::AcceptMismatch);
+        assert_eq!(backend(Step::ReadingResponseHead, bad), Some(502));
+        assert_eq!(backend(Step::ReadingResponseHead, Answered(403)), Some(403));
+    }
+
+    #[test]
+    fn log_lines_say_who_failed_doing_what() {
+        let e = HandshakeError::backend(
+            server(),
+            Step::WritingUpgradeRequest,
+            Cause::Io(io::ErrorKind::ConnectionReset),
+        );
+        assert_eq!(
+            e.to_string(),
+            "backend 10.0.0.5:9001: connection reset while writing the upgrade request"
+        );
+        let e = HandshakeError::backend(server(), Step::ReadingResponseHead, Cause::TimedOut);
+        assert_eq!(
+            e.to_string(),
+            "backend 10.0.0.5:9001: timed out reading the response head"
+        );
+        let e = HandshakeError::backend(server(), Step::ReadingResponseHead, Cause::Answered(403));
+        assert_eq!(
+            e.to_string(),
+            "backend 10.0.0.5:9001: answered 403, relayed to the client"
+        );
+        let e = HandshakeError::client(Step::ReadingRequestHead, Cause::Closed);
+        assert_eq!(
+            e.to_string(),
+            "client: closed the connection while reading the request head"
+        );
+        let e = HandshakeError::client(
+            Step::ReadingRequestHead,
+            Cause::Rejected(Rejection::MissingKey),
+        );
+        assert_eq!(
+            e.to_string(),
+            "client: missing Sec-WebSocket-Key header (400)"
+        );
+    }
+
+    #[test]
+    fn answers_carry_their_status() {
+        for (e, status) in [
+            (
+                HandshakeError::proxy(Step::Admitting, Cause::Overloaded),
+                503,
+            ),
+            (
+                HandshakeError::client(Step::ReadingRequestHead, Cause::TimedOut),
+                408,
+            ),
+            (
+                HandshakeError::backend(server(), Step::Connecting, Cause::TimedOut),
+                504,
+            ),
+            (
+                HandshakeError::client(
+                    Step::ReadingRequestHead,
+                    Cause::Rejected(Rejection::MethodNotAllowed),
+                ),
+                405,
+            ),
+        ] {
+            assert_eq!(e.status(), Some(status));
+            let answer = e.response(status);
+            let line = format!("HTTP/1.1 {status} ");
+            assert!(answer.starts_with(line.as_bytes()), "{e}");
+        }
+    }
 }
