@@ -19,8 +19,9 @@ use tracing::{debug, info, warn};
 
 use crate::config::{Route, Server};
 use crate::proto::handshake::{
-    self, BackendRequest, BackendResponse, Expect, Rejection, ResponseError, build_backend_request,
-    build_switching_response, parse_request, parse_response, simple_response,
+    self, BackendRequest, BackendResponse, Expect, HeadKind, HeadScanner, Rejection, ResponseError,
+    Scan, build_backend_request, build_switching_response, parse_request, parse_response,
+    simple_response,
 };
 use crate::relay::{Ending, Outcome, Relay, RelayConfig};
 use crate::transport::{self, Transport, into_poll};
@@ -405,29 +406,29 @@ async fn timed<T>(limit: Duration, f: impl Future<Output = io::Result<T>>) -> Re
     }
 }
 
-/// Reads into `buf` until `complete(buf)` says the head is whole or bad.
-/// `Ok(false)` on EOF before that.
+/// Reads into `buf` until `scanner` has a verdict on the head it holds
+/// (complete, too large or malformed); `Ok(None)` on end of stream before
+/// that. Each byte is scanned once however the head is split into reads;
+/// the caller runs the full parser once, on the verdict. Never reads past
+/// `max` bytes.
 async fn read_head<T: Transport>(
     s: &mut T,
     buf: &mut Vec<u8>,
+    scanner: &mut HeadScanner,
     max: usize,
-    mut complete: impl FnMut(&[u8]) -> bool,
-) -> io::Result<bool> {
+) -> io::Result<Option<Scan>> {
     loop {
-        if complete(buf) {
-            return Ok(true);
-        }
-        if buf.len() > max {
-            // The parser refuses oversized heads itself; never read past them.
-            return Ok(true);
+        match scanner.scan(buf, max) {
+            Scan::Partial => {}
+            verdict => return Ok(Some(verdict)),
         }
         // Read into a chunk of its own: if a timeout cancels the read, `buf`
         // holds only bytes that arrived.
         let mut chunk = [0u8; 2048];
-        let room = (max + 1 - buf.len()).min(chunk.len());
+        let room = max.saturating_sub(buf.len()).clamp(1, chunk.len());
         let n = transport::read(s, &mut chunk[..room]).await?;
         if n == 0 {
-            return Ok(false);
+            return Ok(None);
         }
         buf.extend_from_slice(&chunk[..n]);
     }
@@ -458,15 +459,13 @@ async fn handshake(
         return Err(HandshakeError::proxy(Step::Admitting, Cause::Overloaded).into());
     }
 
-    // 1. The client's request head.
+    // 1. The client's request head, parsed once it is complete (or can
+    // never be).
     let mut head = Vec::with_capacity(1024);
-    let probe_headers = cfg.limits.max_headers;
+    let mut scanner = HeadScanner::new(HeadKind::Request);
     let read = timed(
         hs_timeout,
-        read_head(client, &mut head, limits.max_head_bytes, |b| {
-            let mut h = vec![httparse::EMPTY_HEADER; probe_headers];
-            !matches!(parse_request(b, &mut h, &limits), Ok(None))
-        }),
+        read_head(client, &mut head, &mut scanner, limits.max_head_bytes),
     )
     .await;
     let step = if head.is_empty() {
@@ -474,16 +473,23 @@ async fn handshake(
     } else {
         Step::ReadingRequestHead
     };
-    match read {
-        Ok(true) => {}
-        Ok(false) => return Err(HandshakeError::client(step, Cause::Closed).into()),
+    let verdict = match read {
+        Ok(Some(verdict)) => verdict,
+        Ok(None) => return Err(HandshakeError::client(step, Cause::Closed).into()),
         Err(cause) => return Err(HandshakeError::client(step, cause).into()),
-    }
+    };
     let mut headers = vec![httparse::EMPTY_HEADER; cfg.limits.max_headers];
     let (req, head_len) = match parse_request(&head, &mut headers, &limits) {
         Ok(Some(r)) => r,
-        Ok(None) => return Err(HandshakeError::client(step, Cause::Closed).into()),
         Err(rej) => return Err(HandshakeError::client(step, Cause::Rejected(rej)).into()),
+        // The scanner's verdict stands where the parser wants more.
+        Ok(None) => {
+            let rej = match verdict {
+                Scan::TooLarge => Rejection::HeadTooLarge,
+                _ => Rejection::Malformed,
+            };
+            return Err(HandshakeError::client(step, Cause::Rejected(rej)).into());
+        }
     };
 
     // 2. Route.
@@ -521,37 +527,33 @@ async fn handshake(
         .await
         .map_err(|cause| failed(Step::WritingUpgradeRequest, cause))?;
 
+    // The response head; interim answers (103 Early Hints, ...) before it
+    // are skipped: the 101 or the final answer follows them.
     let mut resp = Vec::with_capacity(512);
     let resp_read = timed(hs_timeout, async {
         loop {
-            let r = read_head(&mut backend, &mut resp, limits.max_head_bytes, |b| {
-                let mut h = vec![httparse::EMPTY_HEADER; probe_headers];
-                !matches!(parse_response(b, &mut h, &limits, &expect), Ok(None))
-            })
-            .await;
-            if !matches!(r, Ok(true)) {
-                return r;
-            }
-            // An interim answer (103 Early Hints, ...) is skipped: the 101
-            // or the final answer follows it.
-            let mut h = vec![httparse::EMPTY_HEADER; probe_headers];
-            let interim = match parse_response(&resp, &mut h, &limits, &expect) {
-                Ok(Some((BackendResponse::Interim { .. }, n))) => Some(n),
-                _ => None,
+            let mut scanner = HeadScanner::new(HeadKind::Response);
+            let Some(verdict) =
+                read_head(&mut backend, &mut resp, &mut scanner, limits.max_head_bytes).await?
+            else {
+                return Ok(None);
             };
-            drop(h);
-            match interim {
-                Some(n) => drop(resp.drain(..n)),
-                None => return r,
+            let mut h = vec![httparse::EMPTY_HEADER; cfg.limits.max_headers];
+            match parse_response(&resp, &mut h, &limits, &expect) {
+                Ok(Some((BackendResponse::Interim { .. }, n))) => {
+                    drop(h);
+                    drop(resp.drain(..n));
+                }
+                _ => return Ok(Some(verdict)),
             }
         }
     })
     .await;
-    match resp_read {
-        Ok(true) => {}
-        Ok(false) => return Err(failed(Step::ReadingResponseHead, Cause::Closed).into()),
+    let verdict = match resp_read {
+        Ok(Some(verdict)) => verdict,
+        Ok(None) => return Err(failed(Step::ReadingResponseHead, Cause::Closed).into()),
         Err(cause) => return Err(failed(Step::ReadingResponseHead, cause).into()),
-    }
+    };
     let mut resp_headers = vec![httparse::EMPTY_HEADER; cfg.limits.max_headers];
     let (protocol, extensions, resp_len) =
         match parse_response(&resp, &mut resp_headers, &limits, &expect) {
@@ -572,8 +574,15 @@ async fn handshake(
                     relayed: Some(answer),
                 });
             }
-            Ok(None) => return Err(failed(Step::ReadingResponseHead, Cause::Closed).into()),
             Err(e) => {
+                return Err(failed(Step::ReadingResponseHead, Cause::BadResponse(e)).into());
+            }
+            // The scanner's verdict stands where the parser wants more.
+            Ok(None) => {
+                let e = match verdict {
+                    Scan::TooLarge => ResponseError::HeadTooLarge,
+                    _ => ResponseError::Malformed,
+                };
                 return Err(failed(Step::ReadingResponseHead, Cause::BadResponse(e)).into());
             }
         };
@@ -700,6 +709,104 @@ async fn connect_upstream(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::task::Waker;
+
+    /// A peer that delivers `bytes` one per read, then end of stream.
+    struct OneByte {
+        bytes: Vec<u8>,
+        at: usize,
+        reads: usize,
+    }
+
+    impl Transport for OneByte {
+        fn poll_read(&mut self, _: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+            self.reads += 1;
+            let Some(&b) = self.bytes.get(self.at) else {
+                return Poll::Ready(Ok(0));
+            };
+            buf[0] = b;
+            self.at += 1;
+            Poll::Ready(Ok(1))
+        }
+
+        fn poll_write(&mut self, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn shutdown_write(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Polls a future that never waits (its transport is always ready).
+    fn now<T>(f: impl Future<Output = T>) -> T {
+        let mut f = std::pin::pin!(f);
+        match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(v) => v,
+            Poll::Pending => panic!("the future waited"),
+        }
+    }
+
+    /// An 8 KiB head sent a byte per read: each byte is scanned once and the
+    /// full parser runs once. (Parsing the whole buffer after every read,
+    /// as wsedge used to, examined 33.6 MB in 8197 parses for this head.)
+    #[test]
+    fn head_read_a_byte_at_a_time_is_linear() {
+        let mut head = b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\
+            Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+            Sec-WebSocket-Version: 13\r\nX-Pad: "
+            .to_vec();
+        head.resize(8 << 10, b'b');
+        head.extend_from_slice(b"\r\n\r\n");
+        let len = head.len();
+        head.extend_from_slice(b"first frame");
+        let mut peer = OneByte {
+            bytes: head,
+            at: 0,
+            reads: 0,
+        };
+        let mut buf = Vec::new();
+        let mut scanner = HeadScanner::new(HeadKind::Request);
+        let verdict = now(read_head(&mut peer, &mut buf, &mut scanner, 16 << 10));
+        assert_eq!(verdict.unwrap(), Some(Scan::Complete(len)));
+        assert_eq!(peer.reads, len, "read past the head");
+        assert_eq!(scanner.scanned(), len, "bytes examined by the scanner");
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let limits = handshake::Limits::default();
+        let parsed = parse_request(&buf, &mut headers, &limits);
+        assert_eq!(parsed.map(|r| r.map(|(_, n)| n)), Ok(Some(len)));
+    }
+
+    /// Garbage is refused at its first byte, without waiting for the end
+    /// of a head or the size limit.
+    #[test]
+    fn garbage_is_judged_at_its_first_byte() {
+        let mut peer = OneByte {
+            bytes: b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03".to_vec(),
+            at: 0,
+            reads: 0,
+        };
+        let mut buf = Vec::new();
+        let mut scanner = HeadScanner::new(HeadKind::Request);
+        let verdict = now(read_head(&mut peer, &mut buf, &mut scanner, 16 << 10));
+        assert_eq!(verdict.unwrap(), Some(Scan::Malformed));
+        assert_eq!(peer.reads, 1);
+    }
+
+    /// A head over the limit: never more than `max` bytes are read.
+    #[test]
+    fn head_read_stops_at_the_limit() {
+        let mut peer = OneByte {
+            bytes: vec![b'a'; 100],
+            at: 0,
+            reads: 0,
+        };
+        let mut buf = b"GET /".to_vec();
+        let mut scanner = HeadScanner::new(HeadKind::Request);
+        let verdict = now(read_head(&mut peer, &mut buf, &mut scanner, 64));
+        assert_eq!(verdict.unwrap(), Some(Scan::TooLarge));
+        assert_eq!(buf.len(), 64);
+    }
 
     fn server() -> Server {
         Server::Addr("10.0.0.5:9001".parse().unwrap())
