@@ -392,8 +392,46 @@ async fn refuse<T: Transport>(ctx: &WorkerCtx, client: &mut T, peer: SocketAddr,
     info!(worker = ctx.id, client = %peer, status, "refused: {error}");
     let answer = relayed.unwrap_or_else(|| error.response(status));
     let t = ctx.config.timeouts.handshake;
-    let _ = monoio::time::timeout(t, transport::write_all(client, &answer)).await;
-    let _ = client.shutdown_write();
+    if timed(t, transport::write_all(client, &answer))
+        .await
+        .is_ok()
+    {
+        linger(client, LINGER_TIME.min(t)).await;
+    }
+}
+
+/// At most this much of what a refused client still sends is read (and
+/// dropped) before its connection is closed; see [`linger`].
+const LINGER_BYTES: usize = 1 << 20;
+
+/// For at most this long (and never longer than `timeouts.handshake`).
+const LINGER_TIME: Duration = Duration::from_secs(2);
+
+/// Closes a refused client's connection without a reset.
+///
+/// Closing a socket whose receive buffer holds unread bytes (the rest of a
+/// request over the limit, a request that came after an early 503, a
+/// client's first frames) makes the kernel send a TCP reset, and a reset
+/// discards whatever of the answer the client has not received yet. So the
+/// write side is shut down first (the FIN follows the answer), and what the
+/// client still sends is read and dropped until it closes too, up to
+/// [`LINGER_BYTES`] and `limit`. A client that goes on past those gets its
+/// reset then; by that time its answer has long arrived.
+async fn linger<T: Transport>(client: &mut T, limit: Duration) {
+    if client.shutdown_write().is_err() {
+        return; // not connected any more: nothing to protect
+    }
+    let _ = monoio::time::timeout(limit, async {
+        let mut chunk = [0u8; 2048];
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            match transport::read(client, &mut chunk[..left.min(2048)]).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left -= n,
+            }
+        }
+    })
+    .await;
 }
 
 /// Runs a socket call under `limit`: its error becomes [`Cause::Io`], the
@@ -745,6 +783,73 @@ mod tests {
             Poll::Ready(v) => v,
             Poll::Pending => panic!("the future waited"),
         }
+    }
+
+    /// A client that goes on sending after its answer: `total` bytes, then
+    /// end of stream.
+    /// With `hold`, it stays silent instead of ending its stream.
+    struct Talker {
+        total: usize,
+        read: usize,
+        shut: bool,
+        hold: bool,
+    }
+
+    impl Transport for Talker {
+        fn poll_read(&mut self, _: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+            if self.hold && self.read == self.total {
+                return Poll::Pending;
+            }
+            let n = buf.len().min(self.total - self.read);
+            self.read += n;
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_write(&mut self, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn shutdown_write(&mut self) -> io::Result<()> {
+            self.shut = true;
+            Ok(())
+        }
+    }
+
+    fn linger_on(total: usize, hold: bool, limit: Duration) -> Talker {
+        let mut client = Talker {
+            total,
+            read: 0,
+            shut: false,
+            hold,
+        };
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(linger(&mut client, limit));
+        client
+    }
+
+    /// The FIN goes first; what the client sends is read to its end, or
+    /// to the byte cap.
+    #[test]
+    fn linger_drains_to_eof_or_the_cap() {
+        let long = Duration::from_secs(60);
+        let small = linger_on(100 << 10, false, long);
+        assert!(small.shut);
+        assert_eq!(small.read, 100 << 10, "read to the end of stream");
+        let huge = linger_on(10 << 20, false, long);
+        assert!(huge.shut);
+        assert_eq!(huge.read, LINGER_BYTES, "stopped at the cap");
+    }
+
+    /// A client that neither sends nor closes is let go at the time limit.
+    #[test]
+    fn linger_ends_at_its_time_limit() {
+        let started = Instant::now();
+        let quiet = linger_on(10, true, Duration::from_millis(50));
+        assert_eq!(quiet.read, 10);
+        assert!(started.elapsed() < Duration::from_secs(30));
     }
 
     /// An 8 KiB head sent a byte per read: each byte is scanned once and the

@@ -227,7 +227,44 @@ async fn backend_answer_body_held_open(driver: IoDriver) {
     );
 }
 
+/// A client that sent its first frame with its request (bytes the proxy
+/// never reads) and reads slowly (a small receive buffer): the backend's
+/// 60 KB answer reaches it whole. Closing on the unread frame would reset
+/// the connection and throw away what the client's window held back.
+async fn large_answer_reaches_a_slow_client(driver: IoDriver) {
+    let mut answer = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 60000\r\n\r\n".to_vec();
+    answer.extend((0..60_000).map(|i| b'a' + (i % 26) as u8));
+    let backend = scripted_backend(answer.leak(), true).await;
+    let proxy = Proxy::start(driver, &[backend.to_string()]);
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut s = sock.connect(proxy.addr).await.unwrap();
+    let mut request = upgrade_request("/", &[]);
+    // More than the proxy reads with the head.
+    request.extend(client_frame(true, op::BINARY, &[7; 16 << 10]));
+    s.write_all(&request).await.unwrap();
+    let mut got = Vec::new();
+    within("the answer", async {
+        let mut chunk = vec![0u8; 1024];
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    let end = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    assert!(got.starts_with(b"HTTP/1.1 403 "));
+    assert_eq!(got.len() - end, 60_000, "the body was cut");
+}
+
 both_drivers!(
+    large_answer_reaches_a_slow_client,
     backend_403_relayed,
     backend_503_until_eof_relayed,
     backend_down_is_502,
