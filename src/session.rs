@@ -19,9 +19,9 @@ use tracing::{debug, info, warn};
 
 use crate::config::{Route, Server};
 use crate::proto::handshake::{
-    self, BackendRequest, BackendResponse, Expect, HeadKind, HeadScanner, Rejection, ResponseError,
-    Scan, build_backend_request, build_switching_response, parse_request, parse_response,
-    simple_response,
+    self, BackendRequest, BackendResponse, BodyError, BodyReader, BodyState, Expect, HeadKind,
+    HeadScanner, Rejection, RelayedAnswer, ResponseError, Scan, build_backend_request,
+    build_switching_response, parse_request, parse_response, simple_response,
 };
 use crate::relay::{Ending, Outcome, Relay, RelayConfig};
 use crate::transport::{self, Transport, into_poll};
@@ -66,6 +66,8 @@ enum Step {
     WritingUpgradeRequest,
     /// Reading the backend's response head.
     ReadingResponseHead,
+    /// Reading the body of a backend's answer other than 101.
+    ReadingResponseBody,
     /// Writing the `101 Switching Protocols` to the client.
     WritingSwitch,
 }
@@ -80,6 +82,7 @@ impl Step {
             Step::Connecting => "connecting",
             Step::WritingUpgradeRequest => "writing the upgrade request",
             Step::ReadingResponseHead => "reading the response head",
+            Step::ReadingResponseBody => "reading the response body",
             Step::WritingSwitch => "writing the 101",
         }
     }
@@ -102,9 +105,39 @@ enum Cause {
     NoRoute(Box<str>),
     /// `limits.max_connections` open connections on this worker.
     Overloaded,
+    /// The backend's answer has a body framing that cannot be relayed
+    /// (conflicting lengths, a bad chunk, ...).
+    BadBody(BodyError),
     /// The backend answered with a status other than 101, relayed to the
-    /// client.
-    Answered(u16),
+    /// client with as much of its body as came.
+    Answered(u16, BodyEnd),
+}
+
+/// How the body of a relayed backend answer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyEnd {
+    /// Where its framing says.
+    Complete,
+    /// Cut at `limits.max_response_body`.
+    Truncated,
+    /// The backend closed its connection before the end.
+    Closed,
+    /// `timeouts.handshake` passed before the end.
+    TimedOut,
+    /// A read failed before the end.
+    Io(io::ErrorKind),
+}
+
+impl std::fmt::Display for BodyEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyEnd::Complete => Ok(()),
+            BodyEnd::Truncated => f.write_str(" (body cut at limits.max_response_body)"),
+            BodyEnd::Closed => f.write_str(" (the backend closed before the end of its body)"),
+            BodyEnd::TimedOut => f.write_str(" (body timed out; relayed what came)"),
+            BodyEnd::Io(kind) => write!(f, " ({kind} reading the body; relayed what came)"),
+        }
+    }
 }
 
 /// Why a handshake ended without a relay: which side failed, what wsedge
@@ -149,7 +182,8 @@ impl HandshakeError {
         match (&self.cause, self.side) {
             (Cause::Rejected(r), _) => Some(r.status()),
             (Cause::BadResponse(e), _) => Some(e.status()),
-            (Cause::Answered(status), _) => Some(*status),
+            (Cause::BadBody(e), _) => Some(e.status()),
+            (Cause::Answered(status, _), _) => Some(*status),
             (Cause::NoRoute(_), _) => Some(404),
             (Cause::Overloaded, _) => Some(503),
             (Cause::TimedOut, Side::Client) if self.step == Step::ReadingRequestHead => Some(408),
@@ -192,8 +226,9 @@ impl std::fmt::Display for HandshakeError {
             Cause::BadResponse(e) => write!(f, "{side}: {e}"),
             Cause::NoRoute(path) => write!(f, "no route for {path}"),
             Cause::Overloaded => f.write_str("max_connections reached"),
-            Cause::Answered(status) => {
-                write!(f, "{side}: answered {status}, relayed to the client")
+            Cause::BadBody(e) => write!(f, "{side}: {e} while {doing}"),
+            Cause::Answered(status, body) => {
+                write!(f, "{side}: answered {status}, relayed to the client{body}")
             }
         }
     }
@@ -606,11 +641,7 @@ async fn handshake(
                 BackendResponse::Other { status } | BackendResponse::Interim { status },
                 n,
             ))) => {
-                let answer = relay_answer(ctx, &mut backend, &resp, n).await;
-                return Err(Refused {
-                    error: failed(Step::ReadingResponseHead, Cause::Answered(status)),
-                    relayed: Some(answer),
-                });
+                return Err(relay_answer(ctx, &mut backend, server, status, &resp, n).await);
             }
             Err(e) => {
                 return Err(failed(Step::ReadingResponseHead, Cause::BadResponse(e)).into());
@@ -649,46 +680,64 @@ async fn handshake(
     })
 }
 
-/// A backend's non-101 answer (head and a bounded body) as relayed to the
-/// client.
+/// Reads the body of a backend's answer other than 101 (framed as its head
+/// says, within `timeouts.handshake`, at most `limits.max_response_body`
+/// bytes of it) and builds the answer the client gets: the head with an
+/// exact `Content-Length` and `Connection: close`, then the body. A body
+/// cut short (limit, timeout, backend gone) is relayed as far as it came,
+/// with that length; a framing that cannot be relayed is a 502.
 async fn relay_answer(
     ctx: &WorkerCtx,
     backend: &mut TcpStreamPoll,
+    server: Server,
+    status: u16,
     resp: &[u8],
     head_len: usize,
-) -> Vec<u8> {
-    let t = ctx.config.timeouts.handshake;
-    let max = ctx.config.limits.max_response_body;
-    let mut headers = vec![httparse::EMPTY_HEADER; ctx.config.limits.max_headers];
-    let mut r = httparse::Response::new(&mut headers);
-    let _ = r.parse(resp);
-    let length = r
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .and_then(|h| {
-            std::str::from_utf8(h.value)
-                .ok()?
-                .trim()
-                .parse::<usize>()
-                .ok()
-        });
-    let mut body = resp[head_len..].to_vec();
-    let want = length.unwrap_or(max).min(max);
-    let _ = monoio::time::timeout(t, async {
+) -> Refused {
+    let limits = &ctx.config.limits;
+    let failed = |step, cause| Refused::from(HandshakeError::backend(server, step, cause));
+    let mut storage = vec![httparse::EMPTY_HEADER; limits.max_headers];
+    let answer = match RelayedAnswer::parse(&resp[..head_len], &mut storage) {
+        Ok(a) => a,
+        Err(e) => return failed(Step::ReadingResponseHead, Cause::BadBody(e)),
+    };
+    let mut reader = BodyReader::new(answer.framing(), limits.max_response_body);
+    let mut body = Vec::new();
+    if let Err(e) = reader.feed(&resp[head_len..], &mut body) {
+        return failed(Step::ReadingResponseBody, Cause::BadBody(e));
+    }
+    let read = timed(ctx.config.timeouts.handshake, async {
         let mut chunk = [0u8; 2048];
-        while body.len() < want {
-            match transport::read(backend, &mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => body.extend_from_slice(&chunk[..n]),
+        while reader.state() == BodyState::NeedMore {
+            let n = transport::read(backend, &mut chunk).await?;
+            if n == 0 {
+                return Ok(Ok(reader.at_end_of_stream()));
+            }
+            if let Err(e) = reader.feed(&chunk[..n], &mut body) {
+                return Ok(Err(e));
             }
         }
+        Ok(Ok(true))
     })
     .await;
-    body.truncate(want);
-    let mut out = resp[..head_len].to_vec();
-    out.extend_from_slice(&body);
-    out
+    let end = match read {
+        Ok(Ok(true)) if reader.state() == BodyState::Truncated => BodyEnd::Truncated,
+        Ok(Ok(true)) => BodyEnd::Complete,
+        Ok(Ok(false)) => BodyEnd::Closed,
+        Ok(Err(e)) => return failed(Step::ReadingResponseBody, Cause::BadBody(e)),
+        Err(Cause::Io(kind)) => BodyEnd::Io(kind),
+        Err(_) => BodyEnd::TimedOut,
+    };
+    let mut relayed = answer.head(body.len());
+    relayed.extend_from_slice(&body);
+    Refused {
+        error: HandshakeError::backend(
+            server,
+            Step::ReadingResponseBody,
+            Cause::Answered(status, end),
+        ),
+        relayed: Some(relayed),
+    }
 }
 
 /// Connects to a server of the route's upstream: tries each once, starting
@@ -942,7 +991,10 @@ mod tests {
         assert_eq!(backend(Step::ReadingResponseHead, Closed), Some(502));
         let bad = BadResponse(ResponseError::AcceptMismatch);
         assert_eq!(backend(Step::ReadingResponseHead, bad), Some(502));
-        assert_eq!(backend(Step::ReadingResponseHead, Answered(403)), Some(403));
+        let answered = Answered(403, BodyEnd::Truncated);
+        assert_eq!(backend(Step::ReadingResponseBody, answered), Some(403));
+        let bad_body = BadBody(BodyError::ConflictingLengths);
+        assert_eq!(backend(Step::ReadingResponseHead, bad_body), Some(502));
     }
 
     #[test]
@@ -961,10 +1013,18 @@ mod tests {
             e.to_string(),
             "backend 10.0.0.5:9001: timed out reading the response head"
         );
-        let e = HandshakeError::backend(server(), Step::ReadingResponseHead, Cause::Answered(403));
+        let answered = Cause::Answered(403, BodyEnd::Complete);
+        let e = HandshakeError::backend(server(), Step::ReadingResponseBody, answered);
         assert_eq!(
             e.to_string(),
             "backend 10.0.0.5:9001: answered 403, relayed to the client"
+        );
+        let answered = Cause::Answered(401, BodyEnd::TimedOut);
+        let e = HandshakeError::backend(server(), Step::ReadingResponseBody, answered);
+        assert_eq!(
+            e.to_string(),
+            "backend 10.0.0.5:9001: answered 401, relayed to the client \
+             (body timed out; relayed what came)"
         );
         let e = HandshakeError::client(Step::ReadingRequestHead, Cause::Closed);
         assert_eq!(
