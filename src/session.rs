@@ -1,9 +1,18 @@
 //! One client connection's life: request head → route → backend connect →
 //! backend handshake → 101 → relay → close.
 //!
-//! Every way a handshake can fail ends in an HTTP answer that says so (400,
-//! 404, 405, 408, 426, 431, 502, 503, 504, or the backend's own answer
-//! relayed) and one log line.
+//! Every way a handshake can fail is a `HandshakeError`: which side failed
+//! (the client, a backend server, or wsedge's own limits), what wsedge was
+//! doing, and the cause (an `io::ErrorKind`, a timeout, a closed
+//! connection, a broken rule). It knows its HTTP status (400, 404, 405,
+//! 408, 426, 431, 502, 503, 504, or the backend's own answer relayed, or
+//! none when the client left), and becomes one log line in words.
+//!
+//! Heads are read with a [`HeadScanner`] (each byte looked at once, the
+//! parser run once per head). A refusal is written, then the connection is
+//! half-closed and what the client still sends is drained before closing
+//! (`linger`), so that unread request bytes do not turn the close into a
+//! TCP reset that destroys the answer.
 
 use std::future::Future;
 use std::io;

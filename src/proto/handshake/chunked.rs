@@ -10,20 +10,20 @@
 //! The decoder keeps its place between calls, so any split of the input
 //! (down to one byte per call) decodes the same. Chunk extensions and
 //! trailer fields are read and dropped. Limits: a chunk size has at most 16
-//! hex digits (as in `httparse`), a chunk-size line at most
-//! [`MAX_LINE`] bytes, extensions at most [`MAX_EXTENSIONS`] bytes over the
-//! whole body, trailers at most [`MAX_TRAILERS`] bytes; line ends are CRLF.
+//! hex digits (as in `httparse`), a chunk-size line at most 4 KiB,
+//! extensions at most 16 KiB over the whole body, trailers at most 16 KiB;
+//! line ends are CRLF.
 
 use std::fmt;
 
 /// Longest chunk-size line accepted (size, extensions, CRLF).
-pub const MAX_LINE: usize = 4096;
+const MAX_LINE: usize = 4096;
 
 /// Most bytes of chunk extensions accepted over one body.
-pub const MAX_EXTENSIONS: usize = 16 << 10;
+const MAX_EXTENSIONS: usize = 16 << 10;
 
 /// Largest trailer section accepted (the final CRLF included).
-pub const MAX_TRAILERS: usize = 16 << 10;
+const MAX_TRAILERS: usize = 16 << 10;
 
 /// Why a chunked body cannot be decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -35,11 +35,11 @@ pub enum ChunkError {
     InvalidSize,
     /// More than 16 hex digits of chunk size.
     SizeTooLong,
-    /// A chunk-size line over [`MAX_LINE`] bytes.
+    /// A chunk-size line over 4 KiB (`MAX_LINE`).
     LineTooLong,
-    /// More than [`MAX_EXTENSIONS`] bytes of chunk extensions.
+    /// More than 16 KiB of chunk extensions over the body (`MAX_EXTENSIONS`).
     ExtensionsTooLong,
-    /// A trailer section over [`MAX_TRAILERS`] bytes.
+    /// A trailer section over 16 KiB (`MAX_TRAILERS`).
     TrailersTooLong,
     /// A line end that is not CRLF (after a size line, after chunk data, in
     /// the trailers), or a control character in a line.
@@ -105,7 +105,10 @@ enum State {
     Done,
 }
 
-/// Decodes a chunked body fed in pieces; see the [module documentation](self).
+/// Decodes a chunked body (RFC 9112 §7.1) fed in pieces of any size:
+/// extensions and trailers are read and dropped; a chunk size has at most
+/// 16 hex digits, a size line at most 4 KiB, extensions and trailers at
+/// most 16 KiB each over the body; line ends are CRLF.
 ///
 /// ```
 /// use wsedge::proto::handshake::{Chunked, ChunkedDecoder};

@@ -39,8 +39,9 @@ pub enum Scan {
     Malformed,
 }
 
-/// Finds the end of a head in a buffer that grows between calls; see the
-/// [module documentation](self).
+/// Finds the end of a head in a buffer that grows between calls, looking
+/// at each byte once and checking the start line as it arrives, so the full
+/// parser runs once per head (not after every read).
 ///
 /// ```
 /// use wsedge::proto::handshake::{HeadKind, HeadScanner, Scan};
