@@ -1,7 +1,8 @@
 //! When the backend cannot be reached or will not upgrade, the client gets
 //! an HTTP answer that says so: the backend's own non-101 answer relayed
-//! (status line, headers, body), 502 for a refused connection or a bad
-//! answer, 504 for a connect or handshake timeout.
+//! (status line, headers, body framed as its head says, sent with an exact
+//! `Content-Length` and `Connection: close`), 502 for a refused connection
+//! or a bad answer, 504 for a connect or handshake timeout.
 
 #[macro_use]
 mod common;
@@ -227,7 +228,146 @@ async fn backend_answer_body_held_open(driver: IoDriver) {
     );
 }
 
+/// A client that sent its first frame with its request (bytes the proxy
+/// never reads) and reads slowly (a small receive buffer): the backend's
+/// 60 KB answer reaches it whole. Closing on the unread frame would reset
+/// the connection and throw away what the client's window held back.
+async fn large_answer_reaches_a_slow_client(driver: IoDriver) {
+    let mut answer = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 60000\r\n\r\n".to_vec();
+    answer.extend((0..60_000).map(|i| b'a' + (i % 26) as u8));
+    let backend = scripted_backend(answer.leak(), true).await;
+    let proxy = Proxy::start(driver, &[backend.to_string()]);
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut s = sock.connect(proxy.addr).await.unwrap();
+    let mut request = upgrade_request("/", &[]);
+    // More than the proxy reads with the head.
+    request.extend(client_frame(true, op::BINARY, &[7; 16 << 10]));
+    s.write_all(&request).await.unwrap();
+    let mut got = Vec::new();
+    within("the answer", async {
+        let mut chunk = vec![0u8; 1024];
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    let end = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    assert!(got.starts_with(b"HTTP/1.1 403 "));
+    assert_eq!(got.len() - end, 60_000, "the body was cut");
+}
+
+/// A proxy in front of a backend that answers `answer` and then keeps its
+/// connection open; the handshake timeout is longer than a test step, so a
+/// proxy that waits for it fails the test.
+async fn proxy_before_held_answer(
+    driver: IoDriver,
+    answer: &'static [u8],
+    tweak: impl FnOnce(&mut Config),
+) -> Proxy {
+    let backend = scripted_backend(answer, true).await;
+    Proxy::start_with(driver, &[backend.to_string()], |c| {
+        c.timeouts.handshake = Duration::from_secs(30);
+        tweak(c);
+    })
+}
+
+/// A 204 has no body: answered as soon as its head is there.
+async fn backend_204_answered_at_once(driver: IoDriver) {
+    let proxy = proxy_before_held_answer(
+        driver,
+        b"HTTP/1.1 204 No Content\r\nX-Why: empty\r\n\r\n",
+        |_| {},
+    )
+    .await;
+    let resp = http_exchange(proxy.addr, &upgrade_request("/", &[])).await;
+    assert_eq!(resp.status_line, "HTTP/1.1 204 No Content", "{resp:?}");
+    assert_eq!(resp.header("X-Why"), Some("empty"));
+    assert_eq!(resp.header("Connection"), Some("close"));
+    assert_eq!(resp.header("Content-Length"), None);
+    assert!(resp.body.is_empty(), "{resp:?}");
+}
+
+/// A chunked body (with an extension and a trailer) reaches the client
+/// de-chunked, with its length, as soon as the last chunk is there.
+async fn backend_chunked_answer_relayed(driver: IoDriver) {
+    let proxy = proxy_before_held_answer(
+        driver,
+        b"HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\
+          X-Reason: nope\r\n\r\n5;lang=en\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
+        |_| {},
+    )
+    .await;
+    let resp = http_exchange(proxy.addr, &upgrade_request("/", &[])).await;
+    assert_eq!(resp.status, 403, "{resp:?}");
+    assert_eq!(resp.header("X-Reason"), Some("nope"));
+    assert_eq!(resp.header("Transfer-Encoding"), None);
+    assert_eq!(resp.header("Connection"), Some("close"));
+    assert_eq!(resp.header("Content-Length"), Some("11"));
+    assert_eq!(resp.body, b"hello world");
+}
+
+/// A body over `limits.max_response_body` is cut, and the Content-Length
+/// the client gets is the length it gets.
+async fn backend_body_over_limit_truncated(driver: IoDriver) {
+    let mut answer = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 5000\r\n\r\n".to_vec();
+    answer.resize(answer.len() + 5000, b'x');
+    let proxy = proxy_before_held_answer(driver, answer.leak(), |c| {
+        c.limits.max_response_body = 1000;
+    })
+    .await;
+    let resp = http_exchange(proxy.addr, &upgrade_request("/", &[])).await;
+    assert_eq!(resp.status, 500, "{resp:?}");
+    assert_eq!(resp.header("Content-Length"), Some("1000"));
+    assert_eq!(resp.body.len(), 1000);
+    assert_eq!(resp.header("Connection"), Some("close"));
+}
+
+/// The same for a chunked body: cut at the limit, with a matching length.
+async fn backend_chunked_over_limit_truncated(driver: IoDriver) {
+    let mut answer = b"HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..10 {
+        answer.extend_from_slice(b"100\r\n");
+        answer.resize(answer.len() + 256, b'y');
+        answer.extend_from_slice(b"\r\n");
+    }
+    answer.extend_from_slice(b"0\r\n\r\n");
+    let proxy = proxy_before_held_answer(driver, answer.leak(), |c| {
+        c.limits.max_response_body = 1000;
+    })
+    .await;
+    let resp = http_exchange(proxy.addr, &upgrade_request("/", &[])).await;
+    assert_eq!(resp.status, 403, "{resp:?}");
+    assert_eq!(resp.header("Content-Length"), Some("1000"));
+    assert_eq!(resp.body, vec![b'y'; 1000]);
+}
+
+/// Conflicting Content-Length values are not relayed: 502.
+async fn backend_conflicting_lengths_is_502(driver: IoDriver) {
+    let proxy = proxy_before_held_answer(
+        driver,
+        b"HTTP/1.1 403 Forbidden\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nnope!\n",
+        |_| {},
+    )
+    .await;
+    let resp = http_exchange(proxy.addr, &upgrade_request("/", &[])).await;
+    assert_eq!(resp.status, 502, "{resp:?}");
+}
+
 both_drivers!(
+    backend_204_answered_at_once,
+    backend_chunked_answer_relayed,
+    backend_body_over_limit_truncated,
+    backend_chunked_over_limit_truncated,
+    backend_conflicting_lengths_is_502,
+    large_answer_reaches_a_slow_client,
     backend_403_relayed,
     backend_503_until_eof_relayed,
     backend_down_is_502,

@@ -56,6 +56,18 @@ async fn garbage_is_400(driver: IoDriver) {
     refused(driver, b"this is not http at all\r\n\r\n", 400).await;
 }
 
+/// Garbage that never ends a line or a head (a TLS ClientHello to the
+/// plain-text port) is refused at once, not after the handshake timeout.
+async fn tls_client_hello_is_400_at_once(driver: IoDriver) {
+    let started = std::time::Instant::now();
+    refused(driver, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "waited {:?}",
+        started.elapsed()
+    );
+}
+
 async fn missing_key_is_400(driver: IoDriver) {
     let req = "GET / HTTP/1.1\r\nHost: example.test\r\nUpgrade: websocket\r\n\
                Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n";
@@ -236,6 +248,7 @@ async fn request_with_body_is_400(driver: IoDriver) {
 
 both_drivers!(
     garbage_is_400,
+    tls_client_hello_is_400_at_once,
     missing_key_is_400,
     bad_key_is_400,
     missing_host_is_400,

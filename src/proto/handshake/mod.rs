@@ -13,6 +13,12 @@
 //!    (always 502 towards the client).
 //! 3. proxy → client: [`build_switching_response`] writes the `101`.
 //!
+//! Around them: [`HeadScanner`] finds where a head ends as it arrives (so
+//! the parsers run once per head), and a backend's answer other than 101
+//! is relayed through [`RelayedAnswer`] and [`BodyReader`]: its body framed
+//! by [`response_framing`] (a chunked body decoded by [`ChunkedDecoder`]),
+//! read up to a limit, and sent with an exact `Content-Length`.
+//!
 //! The parsers take the bytes read so far and never consume anything: they
 //! answer `Ok(None)` (need more), or the parsed head with its length. Bytes
 //! after the head belong to the caller: a client may send its first frames
@@ -25,6 +31,9 @@ use base64::engine::general_purpose::STANDARD;
 use sha1::{Digest, Sha1};
 
 mod backend;
+mod body;
+mod chunked;
+mod head;
 mod request;
 #[cfg(test)]
 mod tests;
@@ -32,6 +41,9 @@ mod tests;
 pub use backend::{
     BackendRequest, BackendResponse, Expect, ResponseError, build_backend_request, parse_response,
 };
+pub use body::{BodyError, BodyReader, BodyState, Framing, RelayedAnswer, response_framing};
+pub use chunked::{ChunkError, Chunked, ChunkedDecoder};
+pub use head::{HeadKind, HeadScanner, Scan};
 pub use request::{Rejection, UpgradeRequest, parse_request};
 
 /// The GUID RFC 6455 §1.3 appends to the key before hashing it.
