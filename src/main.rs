@@ -93,7 +93,9 @@ fn main() -> ExitCode {
     let server = match Server::start(config) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("wsedge: {e:#}");
+            // `{:#}`: the message and its causes, `cannot listen on ADDR:
+            // Address already in use (os error 98)`.
+            eprintln!("wsedge: {:#}", anyhow::Error::new(e));
             return ExitCode::FAILURE;
         }
     };
