@@ -14,17 +14,19 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use monoio::net::TcpListener;
-use tracing::{error, info};
+use tracing::{debug, error, info};
 
 use crate::config::{Config, IoDriver};
 use crate::control::{Control, ControlReceiver};
-use crate::pool::Pool;
+use crate::pool::{self, Pool, TRIM_INTERVAL};
 use crate::proto::mask::MaskKeyGen;
 use crate::relay::{Shutdown, Worker as RelayWorker};
 use crate::stats::Stats;
 
-/// Spare buffers a worker's pool keeps.
-const POOL_MAX_IDLE: usize = 256;
+/// Spare buffers a worker's pool keeps for good (2 MiB at the default
+/// 64 KiB buffer size); more are kept after a burst and trimmed back to
+/// this over a few seconds (see [`crate::pool`]).
+const POOL_KEEP: usize = 32;
 
 /// What one worker owns and every session on it borrows.
 #[derive(Debug)]
@@ -158,7 +160,7 @@ async fn worker_main(spec: WorkerSpec) {
     let ctx = Rc::new(WorkerCtx {
         id: spec.id,
         relay: Rc::new(RelayWorker {
-            pool: Pool::new(config.limits.buffer_size, POOL_MAX_IDLE),
+            pool: Pool::new(config.limits.buffer_size, POOL_KEEP),
             keys: RefCell::new(MaskKeyGen::from_os_rng()),
             shutdown: Shutdown::default(),
         }),
@@ -170,6 +172,7 @@ async fn worker_main(spec: WorkerSpec) {
         drained: RefCell::new(None),
         config,
     });
+    monoio::spawn(trim_pool(Rc::clone(&ctx.relay.pool)));
 
     if let Some(echo) = spec.echo {
         match TcpListener::from_std(echo) {
@@ -210,6 +213,26 @@ async fn worker_main(spec: WorkerSpec) {
         left = ctx.stats.active.get(),
         "worker stopped"
     );
+}
+
+/// Gives the pool's surplus back to the allocator: sleeps while the pool
+/// holds no more than it keeps, trims every [`TRIM_INTERVAL`] while it holds
+/// more, and once it is down to what it keeps, asks the allocator to return
+/// what was freed to the OS ([`pool::release`]).
+async fn trim_pool(pool: Rc<Pool>) {
+    loop {
+        pool.surplus().await;
+        let mut freed = 0;
+        while pool.idle() > pool.keep() {
+            monoio::time::sleep(TRIM_INTERVAL).await;
+            freed += pool.trim();
+        }
+        if freed > 0 {
+            let started = std::time::Instant::now();
+            pool::release();
+            debug!(freed, release = ?started.elapsed(), "pool trimmed");
+        }
+    }
 }
 
 async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener) {
