@@ -14,7 +14,9 @@ use crate::listener::bind_all;
 use crate::stats::Stats;
 use crate::worker::{self, WorkerSpec};
 
-/// Running workers.
+/// Running workers. Stop them with [`Server::shutdown`]; dropping the
+/// server also tells them to stop (their control channels close), but
+/// without waiting for them.
 #[derive(Debug)]
 pub struct Server {
     /// The addresses clients can connect to (ports resolved when 0 was asked).
