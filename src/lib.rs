@@ -5,10 +5,11 @@
 //! [`session`] takes one client through the handshake and hands it to
 //! [`relay`], which moves frames both ways in pooled buffers; [`worker`]
 //! runs one monoio runtime per core; [`server`] starts and stops them from a
-//! [`config::Config`].
+//! [`config::Config`], talking to each worker over its [`control`] channel.
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod control;
 pub mod echo;
 pub mod listener;
 pub mod pool;

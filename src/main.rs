@@ -11,6 +11,24 @@ use wsedge::server::{self, Server};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's entry points that the `mimalloc` crate does not wrap.
+mod mimalloc_ext {
+    // SAFETY: `mi_collect` is part of mimalloc's public C API
+    // (`void mi_collect(bool force)` in mimalloc.h), compiled into the static
+    // library that `mimalloc` links; it takes a plain bool, returns nothing,
+    // and may be called from any thread at any time.
+    unsafe extern "C" {
+        safe fn mi_collect(force: bool);
+    }
+
+    /// Returns the memory the calling thread has freed to the OS now,
+    /// instead of after mimalloc's purge delay and only on later allocator
+    /// activity (which a worker that has gone idle does not have).
+    pub fn release_freed_memory() {
+        mi_collect(true);
+    }
+}
+
 /// A thread-per-core WebSocket reverse proxy.
 ///
 /// With no arguments, listens on 127.0.0.1:8080 and proxies every path to a
@@ -89,11 +107,14 @@ fn main() -> ExitCode {
     }
     let uses_echo = config.uses_builtin_echo();
 
+    wsedge::pool::set_release_hook(mimalloc_ext::release_freed_memory);
     server::block_shutdown_signals();
     let server = match Server::start(config) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("wsedge: {e:#}");
+            // `{:#}`: the message and its causes, `cannot listen on ADDR:
+            // Address already in use (os error 98)`.
+            eprintln!("wsedge: {:#}", anyhow::Error::new(e));
             return ExitCode::FAILURE;
         }
     };

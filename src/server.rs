@@ -1,19 +1,22 @@
 //! Starting and stopping the workers.
 
-use std::net::SocketAddr;
+use std::fmt;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
-use anyhow::{Context, anyhow};
 use tracing::info;
 
-use crate::config::Config;
+use crate::config::{Config, IoDriver};
+use crate::control::{self, Control, ControlSender};
 use crate::listener::bind_all;
 use crate::stats::Stats;
 use crate::worker::{self, WorkerSpec};
 
-/// Running workers.
+/// Running workers. Stop them with [`Server::shutdown`]; dropping the
+/// server also tells them to stop (their control channels close), but
+/// without waiting for them.
 #[derive(Debug)]
 pub struct Server {
     /// The addresses clients can connect to (ports resolved when 0 was asked).
@@ -24,8 +27,80 @@ pub struct Server {
     pub drivers: Vec<&'static str>,
     /// Each worker's counters.
     pub stats: Vec<Arc<Stats>>,
-    stop: Arc<AtomicBool>,
+    control: Vec<ControlSender>,
     threads: Vec<JoinHandle<()>>,
+}
+
+/// Why [`Server::start`] failed. Nothing is served when it is returned;
+/// the workers already started stop on their own.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A configured listener address could not be bound (in use, not a
+    /// local address, no permission for the port, ...).
+    Bind {
+        /// The address from the configuration.
+        address: SocketAddr,
+        /// What the kernel said.
+        source: io::Error,
+    },
+    /// The built-in echo server's loopback listener could not be bound.
+    Echo(io::Error),
+    /// A worker's io runtime would not start (io_uring refused when it is
+    /// forced with `io_driver = "uring"`, or no runtime at all).
+    Runtime {
+        /// The worker's index.
+        worker: usize,
+        /// The driver the configuration asked for.
+        driver: IoDriver,
+        /// Why the runtime did not start.
+        source: io::Error,
+    },
+    /// The operating system refused to start a worker thread.
+    Thread {
+        /// The worker's index.
+        worker: usize,
+        /// Why.
+        source: io::Error,
+    },
+    /// A worker thread ended (panicked) before its runtime was up.
+    WorkerDied {
+        /// The worker's index.
+        worker: usize,
+    },
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Bind { address, .. } => write!(f, "cannot listen on {address}"),
+            StartError::Echo(_) => f.write_str("cannot start the built-in echo server"),
+            StartError::Runtime { worker, driver, .. } => {
+                let what = match driver {
+                    IoDriver::Auto => "cannot start a runtime",
+                    IoDriver::Uring => "io_uring unavailable",
+                    IoDriver::Epoll => "cannot start the epoll driver",
+                };
+                write!(f, "worker {worker}: {what}")
+            }
+            StartError::Thread { worker, .. } => {
+                write!(f, "worker {worker}: cannot start a worker thread")
+            }
+            StartError::WorkerDied { worker } => write!(f, "worker {worker} died while starting"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StartError::Bind { source, .. }
+            | StartError::Echo(source)
+            | StartError::Runtime { source, .. }
+            | StartError::Thread { source, .. } => Some(source),
+            StartError::WorkerDied { .. } => None,
+        }
+    }
 }
 
 /// How many workers `workers = 0` means: the CPUs this process may run on.
@@ -39,7 +114,7 @@ impl Server {
     /// Binds every listener and starts the workers. Returns once each worker
     /// has its runtime up; errors (address in use, io_uring refused when
     /// forced) are returned here, before anything is served.
-    pub fn start(config: Config) -> anyhow::Result<Server> {
+    pub fn start(config: Config) -> Result<Server, StartError> {
         let config = Arc::new(config);
         let n = if config.workers == 0 {
             default_workers()
@@ -51,9 +126,12 @@ impl Server {
         let mut per_worker: Vec<Vec<std::net::TcpListener>> = (0..n).map(|_| Vec::new()).collect();
         let mut addrs = Vec::new();
         for l in &config.listeners {
-            let socks = bind_all(l.address, l.backlog, n)
-                .with_context(|| format!("cannot listen on {}", l.address))?;
-            addrs.push(socks[0].local_addr()?);
+            let bind_error = |source| StartError::Bind {
+                address: l.address,
+                source,
+            };
+            let socks = bind_all(l.address, l.backlog, n).map_err(bind_error)?;
+            addrs.push(socks[0].local_addr().map_err(bind_error)?);
             for (w, s) in socks.into_iter().enumerate() {
                 per_worker[w].push(s);
             }
@@ -61,20 +139,24 @@ impl Server {
         let mut echo: Vec<Option<std::net::TcpListener>> = (0..n).map(|_| None).collect();
         let mut echo_addr = None;
         if config.uses_builtin_echo() {
-            let socks = bind_all("127.0.0.1:0".parse()?, 1024, n)
-                .context("cannot start the built-in echo server")?;
-            echo_addr = Some(socks[0].local_addr()?);
+            let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+            let socks = bind_all(loopback, 1024, n).map_err(StartError::Echo)?;
+            echo_addr = Some(socks[0].local_addr().map_err(StartError::Echo)?);
             for (w, s) in socks.into_iter().enumerate() {
                 echo[w] = Some(s);
             }
         }
 
-        let stop = Arc::new(AtomicBool::new(false));
+        // On an early return, dropping `senders` stops the workers started
+        // so far (a worker whose senders are all gone stops).
+        let mut senders = Vec::new();
         let mut threads = Vec::new();
         let mut drivers = Vec::new();
         let mut stats = Vec::new();
         for (id, (listeners, echo)) in per_worker.into_iter().zip(echo).enumerate() {
             let (tx, rx) = std::sync::mpsc::channel();
+            let (sender, receiver) = control::channel();
+            senders.push(sender);
             let s = Arc::new(Stats::default());
             stats.push(Arc::clone(&s));
             let spec = WorkerSpec {
@@ -88,27 +170,27 @@ impl Server {
                 echo,
                 config: Arc::clone(&config),
                 stats: s,
-                stop: Arc::clone(&stop),
+                control: receiver,
                 ready: tx,
             };
             let t = std::thread::Builder::new()
                 .name(format!("wsedge-worker-{id}"))
                 .spawn(move || worker::run(spec))
-                .context("cannot start a worker thread")?;
+                .map_err(|source| StartError::Thread { worker: id, source })?;
             threads.push(t);
             match rx.recv() {
                 Ok(Ok(driver)) => {
                     info!(worker = id, core = ?cores.get(id % cores.len().max(1)).map(|c| c.id), driver, "worker started");
                     drivers.push(driver);
                 }
-                Ok(Err(e)) => {
-                    stop.store(true, Ordering::Relaxed);
-                    return Err(anyhow!("worker {id}: {e}"));
+                Ok(Err(source)) => {
+                    return Err(StartError::Runtime {
+                        worker: id,
+                        driver: config.io_driver,
+                        source,
+                    });
                 }
-                Err(_) => {
-                    stop.store(true, Ordering::Relaxed);
-                    return Err(anyhow!("worker {id} died while starting"));
-                }
+                Err(_) => return Err(StartError::WorkerDied { worker: id }),
             }
         }
         Ok(Server {
@@ -116,7 +198,7 @@ impl Server {
             echo_addr,
             drivers,
             stats,
-            stop,
+            control: senders,
             threads,
         })
     }
@@ -124,7 +206,10 @@ impl Server {
     /// Stops accepting, sends 1001 to every client and backend, waits up to
     /// the grace period for the close handshakes, and joins the workers.
     pub fn shutdown(self) {
-        self.stop.store(true, Ordering::Relaxed);
+        for c in &self.control {
+            // Err: that worker has exited already; nothing to tell it.
+            let _ = c.send(Control::Stop);
+        }
         for t in self.threads {
             let _ = t.join();
         }

@@ -5,23 +5,28 @@
 //! another worker except the read-only config and the counters it alone writes.
 
 use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::task::{Poll, Waker};
+use std::time::Duration;
 
 use monoio::net::TcpListener;
-use tracing::{error, info};
+use tracing::{debug, error, info};
 
 use crate::config::{Config, IoDriver};
-use crate::pool::Pool;
+use crate::control::{Control, ControlReceiver};
+use crate::pool::{self, Pool, TRIM_INTERVAL};
 use crate::proto::mask::MaskKeyGen;
 use crate::relay::{Shutdown, Worker as RelayWorker};
 use crate::stats::Stats;
 
-/// Spare buffers a worker's pool keeps.
-const POOL_MAX_IDLE: usize = 256;
+/// Spare buffers a worker's pool keeps for good (2 MiB at the default
+/// 64 KiB buffer size); more are kept after a burst and trimmed back to
+/// this over a few seconds (see [`crate::pool`]).
+const POOL_KEEP: usize = 32;
 
 /// What one worker owns and every session on it borrows.
 #[derive(Debug)]
@@ -38,6 +43,8 @@ pub struct WorkerCtx {
     /// Where this worker's built-in echo server listens, if configured.
     pub echo_addr: Option<SocketAddr>,
     rr: Vec<Cell<usize>>,
+    /// The shutdown wait, woken when the last connection ends.
+    drained: RefCell<Option<Waker>>,
 }
 
 impl WorkerCtx {
@@ -47,6 +54,30 @@ impl WorkerCtx {
         let v = c.get();
         c.set(v.wrapping_add(1));
         v
+    }
+
+    /// Called after each session ends (and has uncounted itself): wakes the
+    /// shutdown wait when it was the last one.
+    fn session_ended(&self) {
+        if self.stats.active.get() == 0 {
+            let waiter = self.drained.borrow_mut().take();
+            if let Some(w) = waiter {
+                w.wake();
+            }
+        }
+    }
+
+    /// Resolves when no connection is open on this worker.
+    async fn drained(&self) {
+        poll_fn(|cx| {
+            if self.stats.active.get() == 0 {
+                Poll::Ready(())
+            } else {
+                *self.drained.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
     }
 }
 
@@ -65,10 +96,11 @@ pub struct WorkerSpec {
     pub config: Arc<Config>,
     /// The worker's counters.
     pub stats: Arc<Stats>,
-    /// Set to stop: stop accepting, close everything with 1001, exit.
-    pub stop: Arc<AtomicBool>,
-    /// Tells the starter which driver came up (or why none did).
-    pub ready: std::sync::mpsc::Sender<Result<&'static str, String>>,
+    /// The worker's end of its control channel.
+    pub control: ControlReceiver,
+    /// Tells the starter which driver came up (or why the one configured
+    /// did not).
+    pub ready: std::sync::mpsc::Sender<io::Result<&'static str>>,
 }
 
 /// Runs a worker to completion on the current thread.
@@ -98,7 +130,7 @@ pub fn run(spec: WorkerSpec) {
                 go!(rt, name)
             }
             Err(e) => {
-                let _ = spec.ready.send(Err(format!("cannot start a runtime: {e}")));
+                let _ = spec.ready.send(Err(e));
             }
         },
         IoDriver::Uring => match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
@@ -108,7 +140,7 @@ pub fn run(spec: WorkerSpec) {
         {
             Ok(mut rt) => go!(rt, "io_uring"),
             Err(e) => {
-                let _ = spec.ready.send(Err(format!("io_uring unavailable: {e}")));
+                let _ = spec.ready.send(Err(e));
             }
         },
         IoDriver::Epoll => match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
@@ -117,9 +149,7 @@ pub fn run(spec: WorkerSpec) {
         {
             Ok(mut rt) => go!(rt, "epoll"),
             Err(e) => {
-                let _ = spec
-                    .ready
-                    .send(Err(format!("cannot start the epoll driver: {e}")));
+                let _ = spec.ready.send(Err(e));
             }
         },
     }
@@ -130,7 +160,7 @@ async fn worker_main(spec: WorkerSpec) {
     let ctx = Rc::new(WorkerCtx {
         id: spec.id,
         relay: Rc::new(RelayWorker {
-            pool: Pool::new(config.limits.buffer_size, POOL_MAX_IDLE),
+            pool: Pool::new(config.limits.buffer_size, POOL_KEEP),
             keys: RefCell::new(MaskKeyGen::from_os_rng()),
             shutdown: Shutdown::default(),
         }),
@@ -139,8 +169,10 @@ async fn worker_main(spec: WorkerSpec) {
         rr: (0..config.upstreams.len())
             .map(|i| Cell::new(spec.id + i))
             .collect(),
+        drained: RefCell::new(None),
         config,
     });
+    monoio::spawn(trim_pool(Rc::clone(&ctx.relay.pool)));
 
     if let Some(echo) = spec.echo {
         match TcpListener::from_std(echo) {
@@ -158,26 +190,49 @@ async fn worker_main(spec: WorkerSpec) {
         }
     }
 
-    // The stop flag is set from another thread; this is the only place
-    // that looks at it.
-    while !spec.stop.load(Ordering::Relaxed) {
-        monoio::time::sleep(Duration::from_millis(50)).await;
+    // Serve until told to stop, or until the server (which holds every
+    // sender) is gone. The control channel wakes this task from the sending
+    // thread; an idle worker does nothing until then.
+    let mut control = spec.control;
+    match control.recv().await {
+        Some(Control::Stop) | None => {}
     }
     // Stop accepting and close every relayed connection with 1001 (both
-    // wait on the worker's shutdown flag), then give them the grace period.
+    // wait on the worker's shutdown flag), then give them the grace period,
+    // ending early when the last one is gone.
     ctx.relay.shutdown.fire();
     for h in accept_loops {
         h.await;
     }
-    let deadline = Instant::now() + ctx.config.timeouts.shutdown_grace;
-    while ctx.stats.active.get() > 0 && Instant::now() < deadline {
-        monoio::time::sleep(Duration::from_millis(20)).await;
+    monoio::select! {
+        _ = ctx.drained() => {}
+        _ = monoio::time::sleep(ctx.config.timeouts.shutdown_grace) => {}
     }
     info!(
         worker = ctx.id,
         left = ctx.stats.active.get(),
         "worker stopped"
     );
+}
+
+/// Gives the pool's surplus back to the allocator: sleeps while the pool
+/// holds no more than it keeps, trims every [`TRIM_INTERVAL`] while it holds
+/// more, and once it is down to what it keeps, asks the allocator to return
+/// what was freed to the OS ([`pool::release`]).
+async fn trim_pool(pool: Rc<Pool>) {
+    loop {
+        pool.surplus().await;
+        let mut freed = 0;
+        while pool.idle() > pool.keep() {
+            monoio::time::sleep(TRIM_INTERVAL).await;
+            freed += pool.trim();
+        }
+        if freed > 0 {
+            let started = std::time::Instant::now();
+            pool::release();
+            debug!(freed, release = ?started.elapsed(), "pool trimmed");
+        }
+    }
 }
 
 async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener) {
@@ -190,7 +245,12 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener) {
             Ok((stream, peer)) => {
                 ctx.stats.accepted.inc();
                 ctx.stats.active.inc();
-                monoio::spawn(crate::session::serve(Rc::clone(&ctx), stream, peer));
+                let session = crate::session::serve(Rc::clone(&ctx), stream, peer);
+                let ctx = Rc::clone(&ctx);
+                monoio::spawn(async move {
+                    session.await;
+                    ctx.session_ended();
+                });
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.

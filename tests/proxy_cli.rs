@@ -1,7 +1,8 @@
 //! The `wsedge` binary: the embedded default (built-in echo) works,
 //! `--config` runs a file, `--check-config` names the file and line of an
 //! error and exits 1 (0 when valid), `--print-default-config` prints a
-//! valid file, and SIGTERM/SIGINT stop it gracefully with exit code 0.
+//! valid file, an address in use is named on exit 1, and SIGTERM/SIGINT
+//! stop it gracefully with exit code 0.
 
 #[macro_use]
 mod common;
@@ -157,6 +158,23 @@ fn bad_upstream_argument_exits_1() {
     let out = wsedge(&["--listen", "127.0.0.1:0", "--upstream", "nowhere"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nowhere"));
+}
+
+/// A listen address already taken: exit 1, and stderr names the address
+/// and the kernel's reason.
+#[test]
+fn address_in_use_exits_1() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut p = ProxyProcess::spawn(&["--listen", &addr, "--workers", "1"]);
+    let status = p.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1), "output:\n{}", p.output.join("\n"));
+    let want = format!("wsedge: cannot listen on {addr}: Address already in use");
+    assert!(
+        p.output.iter().any(|l| l.starts_with(&want)),
+        "no line starting {want:?} in:\n{}",
+        p.output.join("\n")
+    );
 }
 
 /// Echoes a text and a binary message through `addr`.
