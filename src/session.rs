@@ -339,6 +339,7 @@ impl Future for Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.ctx.stats.active.sub(1);
+        self.ctx.session_ended();
     }
 }
 

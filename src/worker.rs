@@ -56,9 +56,9 @@ impl WorkerCtx {
         v
     }
 
-    /// Called after each session ends (and has uncounted itself): wakes the
-    /// shutdown wait when it was the last one.
-    fn session_ended(&self) {
+    /// Called by each session as it ends (after uncounting itself): wakes
+    /// the shutdown wait when it was the last one.
+    pub(crate) fn session_ended(&self) {
         if self.stats.active.get() == 0 {
             let waiter = self.drained.borrow_mut().take();
             if let Some(w) = waiter {
@@ -245,12 +245,10 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener) {
             Ok((stream, peer)) => {
                 ctx.stats.accepted.inc();
                 ctx.stats.active.inc();
-                let session = crate::session::serve(Rc::clone(&ctx), stream, peer);
-                let ctx = Rc::clone(&ctx);
-                monoio::spawn(async move {
-                    session.await;
-                    ctx.session_ended();
-                });
+                // The session itself is the task (no async block around it:
+                // that would hold the session twice, as a capture and as the
+                // awaited future, and double what an idle connection costs).
+                monoio::spawn(crate::session::serve(Rc::clone(&ctx), stream, peer));
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.

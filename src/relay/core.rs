@@ -4,8 +4,9 @@
 //! walker of each direction, the close policy, the deadlines (idle, close,
 //! keepalive, a policy's), ping tokens and round-trip times, counters, and
 //! the per-connection policy hooks. It never touches a socket, never reads
-//! a clock (every call that needs the time is given `now`) and allocates
-//! nothing per frame. A driver moves bytes and time in and out:
+//! a clock (every call that needs the time is given `now`, in µs on the
+//! core's own clock: [`Core::clock`] of an `Instant`, taken once per turn by
+//! the driver) and allocates nothing per frame. A driver moves bytes and time in and out:
 //!
 //! ```text
 //!   driver                                   core
@@ -200,11 +201,11 @@ impl Core {
         micros(now.saturating_duration_since(self.born))
     }
 
+    /// Takes `now` (µs on the core's clock) as the latest time seen.
     #[inline]
-    fn tick(&mut self, now: Instant) -> u64 {
-        let t = self.clock(now).max(self.now);
-        self.now = t;
-        t
+    fn tick(&mut self, now: u64) -> u64 {
+        self.now = self.now.max(now);
+        self.now
     }
 
     /// The instant of a time on the core's clock.
@@ -240,13 +241,7 @@ impl Core {
     /// just read from `leg`. Walks them in place; returns `n`: write
     /// `buf[..n]` to the other leg, then call [`Core::on_forwarded`]. With
     /// `n == 0` nothing is to be written (and no call is owed).
-    pub fn on_read(
-        &mut self,
-        leg: Leg,
-        buf: &mut [u8],
-        now: Instant,
-        keys: &mut MaskKeyGen,
-    ) -> usize {
+    pub fn on_read(&mut self, leg: Leg, buf: &mut [u8], now: u64, keys: &mut MaskKeyGen) -> usize {
         let now = self.tick(now);
         let s = leg as usize;
         let dst = leg.other();
@@ -321,7 +316,7 @@ impl Core {
     }
 
     /// `leg`'s stream ended: `None` at EOF, else the read error's kind.
-    pub fn on_read_end(&mut self, leg: Leg, cause: Option<io::ErrorKind>, now: Instant) {
+    pub fn on_read_end(&mut self, leg: Leg, cause: Option<io::ErrorKind>, now: u64) {
         self.tick(now);
         if self.frames {
             self.closing.leg_gone(leg, cause);
@@ -344,7 +339,7 @@ impl Core {
 
     /// Everything [`Core::on_read`] handed out for bytes read from `src`
     /// has been written to the other leg.
-    pub fn on_forwarded(&mut self, src: Leg, now: Instant) {
+    pub fn on_forwarded(&mut self, src: Leg, now: u64) {
         let d = &mut self.dirs[src as usize];
         d.writing = false;
         d.out_open = d.open_after;
@@ -362,7 +357,7 @@ impl Core {
     }
 
     /// Writing to `leg` failed (an error, or a write of zero bytes).
-    pub fn on_write_error(&mut self, leg: Leg, cause: io::ErrorKind, now: Instant) {
+    pub fn on_write_error(&mut self, leg: Leg, cause: io::ErrorKind, now: u64) {
         self.tick(now);
         let src = leg.other();
         self.dirs[src as usize].writing = false;
@@ -379,7 +374,7 @@ impl Core {
     /// The bytes of wsedge's own frame (close, ping) still to write on
     /// `leg`; `None` when there is none (or it must wait for a frame
     /// boundary). Call [`Core::own_frame_written`] after each write.
-    pub fn own_frame(&mut self, leg: Leg, now: Instant, keys: &mut MaskKeyGen) -> Option<&[u8]> {
+    pub fn own_frame(&mut self, leg: Leg, now: u64, keys: &mut MaskKeyGen) -> Option<&[u8]> {
         self.tick(now);
         let l = leg as usize;
         let src = leg.other() as usize;
@@ -421,6 +416,19 @@ impl Core {
         self.own[l]
             .as_deref()
             .map(|f| &f.frame.as_bytes()[f.written as usize..])
+    }
+
+    /// Whether [`Core::own_frame`] may have something for `leg` (a cheap
+    /// check before the driver borrows the key generator).
+    #[inline]
+    pub fn owes_frame(&self, leg: Leg) -> bool {
+        let l = leg as usize;
+        self.own[l].is_some()
+            || self.closing.legs[l].post.is_some()
+            || self
+                .keepalive
+                .as_ref()
+                .is_some_and(|ka| ka[l].ping.is_some_and(|p| p.sent_at.is_none()))
     }
 
     /// `n` more bytes of the own frame on `leg` were written.
@@ -493,7 +501,7 @@ impl Core {
     }
 
     /// Does what is due at `now`: timeouts, pings, throttles ending.
-    pub fn on_timeout(&mut self, now: Instant, keys: &mut MaskKeyGen) {
+    pub fn on_timeout(&mut self, now: u64, keys: &mut MaskKeyGen) {
         let now = self.tick(now);
         if self.end.is_some() {
             return;
@@ -572,7 +580,7 @@ impl Core {
 
     /// wsedge closes both legs with `code` and `reason`; `why` is the ending
     /// reported. Does nothing once a close has begun.
-    pub fn close(&mut self, why: Ending, code: CloseCode, reason: &'static str, now: Instant) {
+    pub fn close(&mut self, why: Ending, code: CloseCode, reason: &'static str, now: u64) {
         self.tick(now);
         self.close_at(why, code, reason);
     }
@@ -590,7 +598,7 @@ impl Core {
     }
 
     /// Server shutdown: 1001 to both legs.
-    pub fn shutdown(&mut self, now: Instant) {
+    pub fn shutdown(&mut self, now: u64) {
         self.close(
             Ending::Shutdown,
             CloseCode::GOING_AWAY,

@@ -112,7 +112,7 @@ fn poll_dir<S: Transport, D: Transport>(
     src: &mut S,
     dst: &mut D,
     w: &Worker,
-    now: Instant,
+    now: u64,
 ) -> Poll<()> {
     let dl = sl.other();
     let mut reads = READS_PER_POLL;
@@ -142,7 +142,10 @@ fn poll_dir<S: Transport, D: Transport>(
             }
         }
         // 2. wsedge's own frames (close, ping) on the destination.
-        while let Some(bytes) = core.own_frame(dl, now, &mut w.keys.borrow_mut()) {
+        while core.owes_frame(dl) {
+            let Some(bytes) = core.own_frame(dl, now, &mut w.keys.borrow_mut()) else {
+                break;
+            };
             match dst.poll_write(cx, bytes) {
                 Poll::Ready(Ok(n)) if n > 0 => core.own_frame_written(dl, n),
                 Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -244,7 +247,8 @@ impl<C: Transport, B: Transport> Future for Relay<C, B> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
         let this = self.get_mut();
-        let now = Instant::now();
+        // One clock read per poll; the core works in µs on its own clock.
+        let now = this.core.clock(Instant::now());
         let shutdown = &this.worker.shutdown;
         match this.shutdown_slot {
             None => this.shutdown_slot = Some(shutdown.register(cx.waker())),
@@ -305,8 +309,9 @@ impl<C: Transport, B: Transport> Future for Relay<C, B> {
                         return Poll::Pending;
                     }
                     timer_fires += 1;
+                    let now = this.core.clock(Instant::now());
                     this.core
-                        .on_timeout(Instant::now(), &mut this.worker.keys.borrow_mut());
+                        .on_timeout(now, &mut this.worker.keys.borrow_mut());
                     fired = true;
                 }
             }

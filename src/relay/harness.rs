@@ -105,7 +105,8 @@ impl Pair {
             match self.core.poll_timeout() {
                 Some(at) if at <= target && self.outcome.is_none() => {
                     self.now = self.now.max(at);
-                    self.core.on_timeout(self.now, &mut self.keys);
+                    let now = self.core.clock(self.now);
+                    self.core.on_timeout(now, &mut self.keys);
                 }
                 _ => break,
             }
@@ -116,7 +117,8 @@ impl Pair {
 
     /// wsedge closes both legs (as shutdown, an operator or expiry would).
     pub fn close(&mut self, why: Ending, code: CloseCode, reason: &'static str) {
-        self.core.close(why, code, reason, self.now);
+        let now = self.core.clock(self.now);
+        self.core.close(why, code, reason, now);
         self.run();
     }
 
@@ -148,7 +150,7 @@ impl Pair {
         self.steps += 1;
         let dl = sl.other();
         let (s, d) = (sl as usize, dl as usize);
-        let now = self.now;
+        let now = self.core.clock(self.now);
         let mut progress = false;
         if self.core.must_drop(dl) {
             self.in_flight[s] = None;
