@@ -651,3 +651,42 @@ fn write_error_on_a_leg_closes_the_other_with_its_code() {
         Some(Ending::Vanished(Leg::Backend, Some(ErrorKind::BrokenPipe)))
     );
 }
+
+#[test]
+fn tunnel_shutdown_half_closes_both_and_waits_for_their_ends() {
+    let mut c = cfg();
+    c.frames = false;
+    let mut p = Pair::new(&c, 4096);
+    p.send(Leg::Client, b"abc");
+    p.run();
+    p.close(
+        Ending::Shutdown,
+        CloseCode::GOING_AWAY,
+        "server shutting down",
+    );
+    assert_eq!(p.leg(Leg::Client).tcp, vec![TcpAction::ShutdownWrite]);
+    assert_eq!(p.leg(Leg::Backend).tcp, vec![TcpAction::ShutdownWrite]);
+    assert!(p.outcome().is_none(), "the peers may still finish sending");
+    p.send(Leg::Backend, b"last words");
+    p.end(Leg::Backend, None);
+    p.end(Leg::Client, None);
+    p.run();
+    assert_eq!(p.take_written(Leg::Backend), b"abc");
+    assert_eq!(p.outcome().map(|o| o.ending), Some(Ending::Shutdown));
+}
+
+#[test]
+fn tunnel_shutdown_is_bounded_by_the_close_timeout() {
+    let mut c = cfg();
+    c.frames = false;
+    let mut p = Pair::new(&c, 4096);
+    p.close(
+        Ending::Shutdown,
+        CloseCode::GOING_AWAY,
+        "server shutting down",
+    );
+    p.advance(Duration::from_millis(4_999));
+    assert!(p.outcome().is_none());
+    p.advance(Duration::from_millis(1));
+    assert_eq!(p.outcome().map(|o| o.ending), Some(Ending::CloseTimeout));
+}

@@ -591,10 +591,25 @@ impl Core {
         }
         if self.frames {
             self.closing.close_both(why, code, reason);
-            self.settle();
-        } else {
+        } else if why == Ending::Idle {
+            // An idle tunnel is simply dropped.
             self.end = Some(why);
+            return;
+        } else {
+            // A tunnel has no close frame: both legs get a FIN, and the
+            // relay ends when both have ended theirs (or the close timer).
+            self.closing.set_ending(why);
+            for leg in [Leg::Client, Leg::Backend] {
+                let l = self.closing.leg(leg);
+                if !l.sent_close {
+                    l.sent_close = true;
+                    l.tcp = Some(TcpAction::ShutdownWrite);
+                }
+            }
+            self.closing.started = true;
+            self.closing.repoll = true;
         }
+        self.settle();
     }
 
     /// Server shutdown: 1001 to both legs.
@@ -634,6 +649,8 @@ impl Core {
         let ending = match (self.end, self.closing.ending) {
             (Some(e), _) => e,
             (None, Some(e)) if self.frames => e,
+            // A tunnel closed by wsedge (shutdown, expiry, operator).
+            (None, Some(e @ (Ending::Shutdown | Ending::Expired | Ending::ByOperator))) => e,
             _ => Ending::TunnelEnded,
         };
         Outcome {
