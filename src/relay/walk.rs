@@ -181,7 +181,9 @@ impl Walker {
     #[inline]
     pub fn put_carry(&self, buf: &mut [u8]) -> usize {
         let n = self.carry_len as usize;
-        buf[..n].copy_from_slice(&self.carry[..n]);
+        if n > 0 {
+            buf[..n].copy_from_slice(&self.carry[..n]);
+        }
         n
     }
 
@@ -197,6 +199,7 @@ impl Walker {
 
     /// Walks `buf` (carried bytes first, then the read): validates and
     /// rewrites frames in place. See [`Walk`].
+    #[inline]
     pub fn walk(&mut self, buf: &mut [u8], opts: WalkOpts, keys: &mut MaskKeyGen) -> Walk {
         // The carried bytes are at the front of `buf` now.
         self.carry_len = 0;
