@@ -38,16 +38,7 @@ enum Flooder {
 async fn flood_while_peer_stalls(driver: IoDriver, who: Flooder) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream = listener.local_addr().unwrap().to_string();
-    let mut proxy = ProxyProcess::spawn(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &upstream,
-        "--workers",
-        "1",
-        "--io-driver",
-        driver_arg(driver),
-    ]);
+    let mut proxy = ProxyProcess::one_worker(&upstream, driver);
     let addr = proxy.wait_listening();
     let (mut client, (mut backend, _)) =
         tokio::join!(RawWs::client(addr), RawWs::accept(&listener));

@@ -18,7 +18,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 const CONNECTIONS: usize = 1000;
 /// Bigger than half the relay buffer, so every connection has used one
@@ -30,16 +29,7 @@ const PER_CONNECTION: u64 = 16 << 10;
 
 async fn idle_connections_hold_no_buffers(driver: IoDriver) {
     let backend = echo_backend().await;
-    let mut proxy = ProxyProcess::spawn(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &backend.to_string(),
-        "--workers",
-        "1",
-        "--io-driver",
-        driver_arg(driver),
-    ]);
+    let mut proxy = ProxyProcess::one_worker(&backend.to_string(), driver);
     let addr = proxy.wait_listening();
     let payload: Vec<u8> = (0..MESSAGE).map(|i| (i % 253) as u8).collect();
     let message = client_frame(true, op::BINARY, &payload);
@@ -142,20 +132,7 @@ async fn flooding_backend(listener: TcpListener, n: usize) {
 async fn flood_one(stream: TcpStream, flood: Arc<Vec<u8>>) {
     let mut ws = RawWs::from_stream(stream);
     let head = String::from_utf8(ws.read_head().await).unwrap();
-    let key = head
-        .split("\r\n")
-        .find_map(|l| {
-            let (name, v) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("sec-websocket-key")
-                .then(|| v.trim().to_string())
-        })
-        .expect("a Sec-WebSocket-Key");
-    let mut out = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-         Connection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-        derive_accept_key(key.as_bytes())
-    )
-    .into_bytes();
+    let mut out = upgrade_answer(&head).into_bytes();
     out.extend_from_slice(&flood);
     let (mut rd, mut wr) = ws.stream.into_split();
     let (close_tx, close_rx) = oneshot::channel::<Vec<u8>>();
@@ -230,16 +207,7 @@ fn timeline(seen: &[(Duration, u64)]) -> String {
 async fn burst_is_given_back(driver: IoDriver, connections: usize, margin: u64, settle: Duration) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream = listener.local_addr().unwrap().to_string();
-    let mut proxy = ProxyProcess::spawn(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &upstream,
-        "--workers",
-        "1",
-        "--io-driver",
-        driver_arg(driver),
-    ]);
+    let mut proxy = ProxyProcess::one_worker(&upstream, driver);
     let addr = proxy.wait_listening();
     let backend = tokio::spawn(flooding_backend(listener, connections + 1));
 

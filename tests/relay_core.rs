@@ -550,20 +550,26 @@ fn tunnel_half_close_keeps_the_other_way_open() {
     assert_eq!(p.outcome().map(|o| o.ending), Some(Ending::TunnelEnded));
 }
 
-#[test]
-fn rate_limit_close_is_1008() {
-    let mut p = pair();
-    p.core.set_policy(Policy {
+/// A policy limiting the client to `rate` messages per second, `burst` at once.
+fn client_message_rate(rate: u64, burst: u64, on_limit: OnLimit) -> Policy {
+    Policy {
         limits: [
             Some(RateLimit {
-                messages: Some(Gcra::new(10, 2)),
+                messages: Some(Gcra::new(rate, burst)),
                 bytes: None,
-                on_limit: OnLimit::Close,
+                on_limit,
             }),
             None,
         ],
         ..Policy::default()
-    });
+    }
+}
+
+#[test]
+fn rate_limit_close_is_1008() {
+    let mut p = pair();
+    p.core
+        .set_policy(client_message_rate(10, 2, OnLimit::Close));
     for _ in 0..3 {
         p.send(Leg::Client, &client_frame(true, op::TEXT, b"m"));
         p.run();
@@ -585,17 +591,8 @@ fn rate_limit_close_is_1008() {
 #[test]
 fn rate_limit_throttle_stops_reading_until_the_bucket_refills() {
     let mut p = pair();
-    p.core.set_policy(Policy {
-        limits: [
-            Some(RateLimit {
-                messages: Some(Gcra::new(10, 1)),
-                bytes: None,
-                on_limit: OnLimit::Throttle,
-            }),
-            None,
-        ],
-        ..Policy::default()
-    });
+    p.core
+        .set_policy(client_message_rate(10, 1, OnLimit::Throttle));
     let m = client_frame(true, op::TEXT, b"m");
     p.leg(Leg::Client).read_sizes.extend([m.len(); 5]);
     for _ in 0..5 {

@@ -680,11 +680,6 @@ impl Core {
         }
     }
 
-    /// A close has begun (the close timer runs).
-    pub fn closing(&self) -> bool {
-        self.closing.started
-    }
-
     /// Applies what the walk of `src`'s last read found, once its bytes are out.
     fn apply_after(&mut self, src: Leg) {
         let dst = src.other();

@@ -93,11 +93,6 @@ impl<C: Transport, B: Transport> Relay<C, B> {
             shutdown_slot: None,
         }
     }
-
-    /// The connection's core (counters, round-trip times, policy).
-    pub fn core(&mut self) -> &mut Core {
-        &mut self.core
-    }
 }
 
 /// One direction's I/O: finish the write in flight, write wsedge's own

@@ -51,8 +51,6 @@ pub struct Pair {
     pub buffer_size: usize,
     in_flight: [Option<(Vec<u8>, usize)>; 2],
     outcome: Option<Outcome>,
-    /// Own-frame bytes written, by leg (to check what wsedge sent itself).
-    pub steps: u64,
 }
 
 impl Pair {
@@ -67,7 +65,6 @@ impl Pair {
             buffer_size: buffer_size.max(64),
             in_flight: [None, None],
             outcome: None,
-            steps: 0,
         }
     }
 
@@ -147,7 +144,6 @@ impl Pair {
     /// One pass over one direction, in the socket driver's order. Whether
     /// anything happened.
     fn step(&mut self, sl: Leg) -> bool {
-        self.steps += 1;
         let dl = sl.other();
         let (s, d) = (sl as usize, dl as usize);
         let now = self.core.clock(self.now);

@@ -192,11 +192,6 @@ impl Walker {
         self.carry_len as usize
     }
 
-    /// The destination is owed the rest of a frame (its header went out).
-    pub fn in_frame(&self) -> bool {
-        self.frame.is_some()
-    }
-
     /// Walks `buf` (carried bytes first, then the read): validates and
     /// rewrites frames in place. See [`Walk`].
     #[inline]

@@ -598,20 +598,7 @@ impl RawWs {
         };
         let head = within("the upgrade request", ws.read_head()).await;
         let head = String::from_utf8(head).unwrap();
-        let key = head
-            .split("\r\n")
-            .find_map(|l| {
-                let (n, v) = l.split_once(':')?;
-                n.eq_ignore_ascii_case("sec-websocket-key")
-                    .then(|| v.trim().to_string())
-            })
-            .expect("a Sec-WebSocket-Key");
-        let answer = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Accept: {}\r\n\r\n",
-            derive_accept_key(key.as_bytes())
-        );
-        ws.send(answer.as_bytes()).await;
+        ws.send(upgrade_answer(&head).as_bytes()).await;
         (ws, head)
     }
 
@@ -913,5 +900,40 @@ pub fn driver_arg(driver: IoDriver) -> &'static str {
         IoDriver::Uring => "uring",
         IoDriver::Epoll => "epoll",
         IoDriver::Auto => "auto",
+    }
+}
+
+/// The 101 a backend answers the upgrade request `head` with (the accept
+/// key derived from its `Sec-WebSocket-Key`).
+pub fn upgrade_answer(head: &str) -> String {
+    let key = head
+        .split("\r\n")
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case("sec-websocket-key")
+                .then(|| v.trim().to_string())
+        })
+        .expect("a Sec-WebSocket-Key");
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {}\r\n\r\n",
+        derive_accept_key(key.as_bytes())
+    )
+}
+
+impl ProxyProcess {
+    /// The binary with one worker on a free loopback port, every path to
+    /// `upstream`, on `driver`.
+    pub fn one_worker(upstream: &str, driver: IoDriver) -> ProxyProcess {
+        ProxyProcess::spawn(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            upstream,
+            "--workers",
+            "1",
+            "--io-driver",
+            driver_arg(driver),
+        ])
     }
 }
