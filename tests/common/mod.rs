@@ -88,9 +88,15 @@ where
 
 /// Awaits `f`, failing the test with `what` if it takes longer than [`STEP`].
 pub async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(STEP, f).await {
+    within_for(STEP, what, f).await
+}
+
+/// Awaits `f`, failing the test with `what` if it takes longer than `limit`
+/// (for steps that move many megabytes through debug builds).
+pub async fn within_for<T>(limit: Duration, what: &str, f: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, f).await {
         Ok(v) => v,
-        Err(_) => panic!("timed out after {STEP:?} waiting for {what}"),
+        Err(_) => panic!("timed out after {limit:?} waiting for {what}"),
     }
 }
 
