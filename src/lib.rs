@@ -18,6 +18,7 @@ pub mod relay;
 pub mod server;
 pub mod session;
 pub mod stats;
+pub mod tls;
 pub mod transport;
 pub mod worker;
 
