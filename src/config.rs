@@ -6,15 +6,18 @@
 //! `docs/configuration.md`.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer};
 
 use crate::proto::handshake::Limits as HeadLimits;
+use crate::tls::certs::CertFiles;
+use crate::tls::record::MAX_RECORD;
+use crate::tls::setup::{ClientAuth, ClientTls, MinVersion, ServerTls};
 
 /// The configuration `wsedge` runs with when given no arguments.
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
@@ -83,14 +86,14 @@ pub struct Config {
 }
 
 /// A listening address.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
     /// `IP:port`.
     pub address: SocketAddr,
     /// The accept backlog of each worker's socket.
-    #[serde(default = "default_backlog")]
     pub backlog: u32,
+    /// TLS settings: clients connect with `wss://`.
+    pub tls: Option<ServerTls>,
 }
 
 /// A named group of backend servers, used round-robin.
@@ -100,6 +103,18 @@ pub struct Upstream {
     pub name: String,
     /// The servers.
     pub servers: Vec<Server>,
+    /// TLS to the servers (`wss://` servers or `tls = true`).
+    pub tls: Option<UpstreamTls>,
+}
+
+/// TLS to an upstream's servers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// Verification and client certificate.
+    pub client: ClientTls,
+    /// The host name of each server as written (by index into
+    /// `servers`): the SNI and the name verified, unless `client.sni`.
+    pub hosts: Vec<String>,
 }
 
 /// One backend server.
@@ -185,6 +200,98 @@ fn default_backlog() -> u32 {
     1024
 }
 
+/// With TLS, a relay buffer holds a whole record and the start of a frame.
+const MIN_TLS_BUFFER: usize = MAX_RECORD + 1024;
+const TLS_BUFFER_MESSAGE: &str =
+    "limits.buffer_size must be at least 18KiB with TLS (a TLS record is up to 16KiB + 261 bytes)";
+
+/// `[listener.tls]`, validated (the files are read when the server starts,
+/// or by `--check-config`).
+fn listener_tls(t: &FileListenerTls) -> Result<ServerTls, String> {
+    let mut certificates = Vec::new();
+    match (&t.cert, &t.key) {
+        (Some(cert), Some(key)) => certificates.push(CertFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        (None, None) => {}
+        _ => return Err("[listener.tls]: `cert` and `key` go together".into()),
+    }
+    certificates.extend(t.certificates.iter().map(|c| CertFiles {
+        cert: c.cert.clone(),
+        key: c.key.clone(),
+    }));
+    if certificates.is_empty() {
+        return Err(
+            "[listener.tls] needs a certificate: `cert` and `key`, or [[listener.tls.certificate]] entries".into(),
+        );
+    }
+    let min_version = match t.min_version.as_deref() {
+        None | Some("1.2") => MinVersion::Tls12,
+        Some("1.3") => MinVersion::Tls13,
+        Some(v) => return Err(format!("min_version {v:?}: expected \"1.2\" or \"1.3\"")),
+    };
+    let client_auth = match t.client_auth.as_deref() {
+        None | Some("required") => ClientAuth::Required,
+        Some("optional") => ClientAuth::Optional,
+        Some(v) => {
+            return Err(format!(
+                "client_auth {v:?}: expected \"required\" or \"optional\""
+            ));
+        }
+    };
+    if t.client_auth.is_some() && t.client_ca.is_none() {
+        return Err("client_auth needs client_ca (the CA that signs client certificates)".into());
+    }
+    Ok(ServerTls {
+        certificates,
+        sni_strict: t.sni_strict,
+        min_version,
+        client_ca: t.client_ca.clone(),
+        client_auth,
+    })
+}
+
+/// A `servers` entry: `IP:port`, `HOST:port` (resolved now), either with
+/// `ws://` or `wss://`, or `builtin:echo`. Returns the server, its host as
+/// written, and `Some(tls)` when a scheme was given.
+fn parse_server(s: &str) -> Result<(Server, String, Option<bool>), String> {
+    if s == BUILTIN_ECHO {
+        return Ok((Server::BuiltinEcho, String::new(), None));
+    }
+    let (rest, tls) = if let Some(r) = s.strip_prefix("wss://") {
+        (r, Some(true))
+    } else if let Some(r) = s.strip_prefix("ws://") {
+        (r, Some(false))
+    } else {
+        (s, None)
+    };
+    let rest = rest.trim_end_matches('/');
+    if let Ok(a) = rest.parse::<SocketAddr>() {
+        return Ok((Server::Addr(a), a.ip().to_string(), tls));
+    }
+    let Some((host, port)) = rest.rsplit_once(':') else {
+        return Err(format!(
+            "server {s:?} is not HOST:PORT (or wss://HOST:PORT, or {BUILTIN_ECHO:?})"
+        ));
+    };
+    if port.parse::<u16>().is_err() || host.is_empty() {
+        return Err(format!(
+            "server {s:?} is not HOST:PORT (or wss://HOST:PORT, or {BUILTIN_ECHO:?})"
+        ));
+    }
+    let addr = rest
+        .to_socket_addrs()
+        .map_err(|e| format!("server {s:?}: cannot resolve {host:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("server {s:?}: {host:?} has no address"))?;
+    Ok((
+        Server::Addr(addr),
+        host.trim_matches(['[', ']']).to_string(),
+        tls,
+    ))
+}
+
 /// A configuration the file (or arguments) could not be turned into.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -218,7 +325,7 @@ struct File {
     #[serde(default)]
     io_driver: IoDriver,
     #[serde(default, rename = "listener")]
-    listeners: Vec<toml::Spanned<Listener>>,
+    listeners: Vec<toml::Spanned<FileListener>>,
     #[serde(default, rename = "upstream")]
     upstreams: Vec<toml::Spanned<FileUpstream>>,
     #[serde(default, rename = "route")]
@@ -231,9 +338,47 @@ struct File {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct FileListener {
+    address: SocketAddr,
+    #[serde(default = "default_backlog")]
+    backlog: u32,
+    tls: Option<toml::Spanned<FileListenerTls>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileListenerTls {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    #[serde(default, rename = "certificate")]
+    certificates: Vec<FileCertKey>,
+    #[serde(default)]
+    sni_strict: bool,
+    min_version: Option<String>,
+    client_ca: Option<PathBuf>,
+    client_auth: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCertKey {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct FileUpstream {
     name: String,
     servers: Vec<toml::Spanned<String>>,
+    #[serde(default)]
+    tls: bool,
+    ca: Option<PathBuf>,
+    sni: Option<String>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    #[serde(default)]
+    insecure_skip_verify: bool,
 }
 
 #[derive(Deserialize)]
@@ -450,25 +595,75 @@ impl Config {
                 ));
             }
             let mut servers = Vec::new();
+            let mut hosts = Vec::new();
+            let mut schemes = Vec::new();
             for s in &u.servers {
-                let server = if s.get_ref() == BUILTIN_ECHO {
-                    Server::BuiltinEcho
-                } else {
-                    Server::Addr(s.get_ref().parse().map_err(|_| {
-                        err(
-                            Some(line_of(text, s.span())),
-                            format!(
-                                "server {:?} is not an IP:port address (or {BUILTIN_ECHO:?})",
-                                s.get_ref()
-                            ),
-                        )
-                    })?)
-                };
+                let (server, host, tls) =
+                    parse_server(s.get_ref()).map_err(|m| err(Some(line_of(text, s.span())), m))?;
                 servers.push(server);
+                hosts.push(host);
+                schemes.push(tls);
             }
+            let wss = schemes.iter().filter(|t| **t == Some(true)).count();
+            if wss > 0 && schemes.contains(&Some(false)) {
+                return Err(err(
+                    Some(line),
+                    format!("upstream {:?} mixes ws:// and wss:// servers", u.name),
+                ));
+            }
+            let tls = if u.tls || wss > 0 {
+                if servers.contains(&Server::BuiltinEcho) {
+                    return Err(err(
+                        Some(line),
+                        format!(
+                            "upstream {:?}: the built-in echo server speaks no TLS",
+                            u.name
+                        ),
+                    ));
+                }
+                let cert = match (&u.cert, &u.key) {
+                    (Some(cert), Some(key)) => Some(CertFiles {
+                        cert: cert.clone(),
+                        key: key.clone(),
+                    }),
+                    (None, None) => None,
+                    _ => {
+                        return Err(err(
+                            Some(line),
+                            format!("upstream {:?}: `cert` and `key` go together", u.name),
+                        ));
+                    }
+                };
+                Some(UpstreamTls {
+                    client: ClientTls {
+                        ca: u.ca.clone(),
+                        sni: u.sni.clone(),
+                        cert,
+                        insecure_skip_verify: u.insecure_skip_verify,
+                    },
+                    hosts,
+                })
+            } else {
+                if u.ca.is_some()
+                    || u.sni.is_some()
+                    || u.cert.is_some()
+                    || u.key.is_some()
+                    || u.insecure_skip_verify
+                {
+                    return Err(err(
+                        Some(line),
+                        format!(
+                            "upstream {:?} has TLS settings but no TLS: use wss:// servers or `tls = true`",
+                            u.name
+                        ),
+                    ));
+                }
+                None
+            };
             upstreams.push(Upstream {
                 name: u.name.clone(),
                 servers,
+                tls,
             });
         }
         if file.routes.is_empty() {
@@ -594,11 +789,33 @@ impl Config {
                 "limits.max_connections must be at least 1".into(),
             ));
         }
+        let mut listeners = Vec::new();
+        for l in &file.listeners {
+            let line = line_of(text, l.span());
+            let l = l.get_ref();
+            let tls = match &l.tls {
+                Some(t) => Some(
+                    listener_tls(t.get_ref()).map_err(|m| err(Some(line_of(text, t.span())), m))?,
+                ),
+                None => None,
+            };
+            if tls.is_some() && limits.buffer_size < MIN_TLS_BUFFER {
+                return Err(err(Some(line), TLS_BUFFER_MESSAGE.into()));
+            }
+            listeners.push(Listener {
+                address: l.address,
+                backlog: l.backlog,
+                tls,
+            });
+        }
+        if upstreams.iter().any(|u| u.tls.is_some()) && limits.buffer_size < MIN_TLS_BUFFER {
+            return Err(err(None, TLS_BUFFER_MESSAGE.into()));
+        }
 
         Ok(Config {
             workers: file.workers,
             io_driver: file.io_driver,
-            listeners: file.listeners.into_iter().map(|l| l.into_inner()).collect(),
+            listeners,
             upstreams,
             routes,
             timeouts,
@@ -613,7 +830,43 @@ impl Config {
             line: None,
             message: format!("cannot read the file: {e}"),
         })?;
-        Config::parse(&text, &path.display().to_string())
+        let mut c = Config::parse(&text, &path.display().to_string())?;
+        if let Some(dir) = path.parent() {
+            c.resolve_paths(dir);
+        }
+        Ok(c)
+    }
+
+    /// Makes the relative file names in the configuration relative to
+    /// `dir` (the configuration file's directory).
+    fn resolve_paths(&mut self, dir: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        for l in &mut self.listeners {
+            if let Some(t) = &mut l.tls {
+                for c in &mut t.certificates {
+                    fix(&mut c.cert);
+                    fix(&mut c.key);
+                }
+                if let Some(ca) = &mut t.client_ca {
+                    fix(ca);
+                }
+            }
+        }
+        for u in &mut self.upstreams {
+            if let Some(t) = &mut u.tls {
+                if let Some(ca) = &mut t.client.ca {
+                    fix(ca);
+                }
+                if let Some(c) = &mut t.client.cert {
+                    fix(&mut c.cert);
+                    fix(&mut c.key);
+                }
+            }
+        }
     }
 
     /// The embedded default: `127.0.0.1:8080`, every path to the built-in echo server.
@@ -625,8 +878,15 @@ impl Config {
     }
 
     /// A configuration from `--listen` and `--upstream` arguments: every
-    /// path proxied to the upstream servers, round-robin.
-    pub fn from_args(listen: &[SocketAddr], upstreams: &[String]) -> Result<Config, ConfigError> {
+    /// path proxied to the upstream servers, round-robin. `tls` (from
+    /// `--tls-cert`/`--tls-key`) makes every listener TLS; `upstream_ca`
+    /// (`--upstream-ca`) is what `wss://` upstreams are verified against.
+    pub fn from_args(
+        listen: &[SocketAddr],
+        upstreams: &[String],
+        tls: Option<CertFiles>,
+        upstream_ca: Option<PathBuf>,
+    ) -> Result<Config, ConfigError> {
         let mut c = Config::embedded_default();
         let err = |message: String| ConfigError {
             source: "command line".into(),
@@ -639,29 +899,49 @@ impl Config {
                 .map(|&address| Listener {
                     address,
                     backlog: default_backlog(),
+                    tls: None,
                 })
                 .collect();
         }
+        if let Some(files) = tls {
+            for l in &mut c.listeners {
+                l.tls = Some(ServerTls {
+                    certificates: vec![files.clone()],
+                    sni_strict: false,
+                    min_version: MinVersion::Tls12,
+                    client_ca: None,
+                    client_auth: ClientAuth::Required,
+                });
+            }
+        }
         if !upstreams.is_empty() {
-            let servers = upstreams
-                .iter()
-                .map(|s| {
-                    if s == BUILTIN_ECHO {
-                        Ok(Server::BuiltinEcho)
-                    } else {
-                        s.parse()
-                            .map(Server::Addr)
-                            .map_err(|_| err(format!("--upstream {s:?} is not an IP:port address")))
-                    }
-                })
-                .collect::<Result<_, _>>()?;
+            let mut servers = Vec::new();
+            let mut hosts = Vec::new();
+            let mut wss = false;
+            for s in upstreams {
+                let (server, host, tls) =
+                    parse_server(s).map_err(|m| err(format!("--upstream: {m}")))?;
+                servers.push(server);
+                hosts.push(host);
+                wss |= tls == Some(true);
+            }
             c.upstreams = vec![Upstream {
                 name: "default".into(),
                 servers,
+                tls: wss.then(|| UpstreamTls {
+                    client: ClientTls {
+                        ca: upstream_ca.clone(),
+                        ..ClientTls::default()
+                    },
+                    hosts,
+                }),
             }];
             for r in &mut c.routes {
                 r.upstream = 0;
             }
+        }
+        if upstream_ca.is_some() && c.upstreams.iter().all(|u| u.tls.is_none()) {
+            return Err(err("--upstream-ca needs a wss:// --upstream".into()));
         }
         Ok(c)
     }
@@ -783,11 +1063,119 @@ buffer_size = "16KiB"
         let c = Config::from_args(
             &["127.0.0.1:9".parse().unwrap()],
             &["127.0.0.1:10".into(), "127.0.0.1:11".into()],
+            None,
+            None,
         )
         .unwrap();
         assert_eq!(c.listeners.len(), 1);
         assert_eq!(c.upstreams[0].servers.len(), 2);
-        assert!(Config::from_args(&[], &["nope".into()]).is_err());
+        assert!(c.upstreams[0].tls.is_none());
+        assert!(Config::from_args(&[], &["nope".into()], None, None).is_err());
+        let files = CertFiles {
+            cert: "c.pem".into(),
+            key: "k.pem".into(),
+        };
+        let c = Config::from_args(
+            &[
+                "127.0.0.1:9".parse().unwrap(),
+                "127.0.0.1:8".parse().unwrap(),
+            ],
+            &["wss://localhost:10".into()],
+            Some(files.clone()),
+            Some("ca.pem".into()),
+        )
+        .unwrap();
+        assert!(
+            c.listeners
+                .iter()
+                .all(|l| l.tls.as_ref().unwrap().certificates == [files.clone()])
+        );
+        let t = c.upstreams[0].tls.as_ref().unwrap();
+        assert_eq!(t.hosts, ["localhost"]);
+        assert_eq!(t.client.ca.as_deref(), Some(Path::new("ca.pem")));
+        assert!(
+            Config::from_args(&[], &["127.0.0.1:1".into()], None, Some("ca.pem".into())).is_err()
+        );
+    }
+
+    #[test]
+    fn tls_keys() {
+        let base = "[[upstream]]\nname = \"a\"\nservers = [\"127.0.0.1:2\"]\n[[route]]\npath = \"/\"\nupstream = \"a\"\n[[listener]]\naddress = \"127.0.0.1:1\"\n";
+        let c = Config::parse(
+            &format!("{base}[listener.tls]\ncert = \"a.pem\"\nkey = \"a.key\"\nsni_strict = true\nmin_version = \"1.3\"\nclient_ca = \"ca.pem\"\nclient_auth = \"optional\"\n[[listener.tls.certificate]]\ncert = \"b.pem\"\nkey = \"b.key\"\n"),
+            "x",
+        )
+        .unwrap();
+        let t = c.listeners[0].tls.as_ref().unwrap();
+        assert_eq!(t.certificates.len(), 2);
+        assert_eq!(t.certificates[0].cert, Path::new("a.pem"));
+        assert_eq!(t.certificates[1].key, Path::new("b.key"));
+        assert!(t.sni_strict);
+        assert_eq!(t.min_version, MinVersion::Tls13);
+        assert_eq!(t.client_auth, ClientAuth::Optional);
+        for (extra, says) in [
+            ("[listener.tls]\ncert = \"a.pem\"\n", "go together"),
+            ("[listener.tls]\nsni_strict = true\n", "needs a certificate"),
+            (
+                "[listener.tls]\ncert = \"a\"\nkey = \"b\"\nmin_version = \"1.1\"\n",
+                "min_version",
+            ),
+            (
+                "[listener.tls]\ncert = \"a\"\nkey = \"b\"\nclient_auth = \"optional\"\n",
+                "needs client_ca",
+            ),
+            (
+                "[listener.tls]\ncert = \"a\"\nkey = \"b\"\n[limits]\nbuffer_size = \"16KiB\"\n",
+                "at least 18KiB",
+            ),
+        ] {
+            let e = Config::parse(&format!("{base}{extra}"), "x").unwrap_err();
+            assert!(e.message.contains(says), "{extra}: {e}");
+            assert!(e.line.is_some() || says == "at least 18KiB", "{extra}: {e}");
+        }
+        let up = "[[listener]]\naddress = \"127.0.0.1:1\"\n[[route]]\npath = \"/\"\nupstream = \"a\"\n[[upstream]]\nname = \"a\"\n";
+        let c = Config::parse(
+            &format!("{up}servers = [\"wss://localhost:2\"]\nca = \"ca.pem\"\nsni = \"api\"\n"),
+            "x",
+        )
+        .unwrap();
+        let t = c.upstreams[0].tls.as_ref().unwrap();
+        assert_eq!(t.client.sni.as_deref(), Some("api"));
+        let c = Config::parse(
+            &format!("{up}servers = [\"127.0.0.1:2\"]\ntls = true\ninsecure_skip_verify = true\n"),
+            "x",
+        )
+        .unwrap();
+        assert!(
+            c.upstreams[0]
+                .tls
+                .as_ref()
+                .unwrap()
+                .client
+                .insecure_skip_verify
+        );
+        for (extra, says) in [
+            (
+                "servers = [\"wss://127.0.0.1:2\", \"ws://127.0.0.1:3\"]\n",
+                "mixes",
+            ),
+            ("servers = [\"127.0.0.1:2\"]\nca = \"x\"\n", "no TLS"),
+            (
+                "servers = [\"wss://127.0.0.1:2\"]\ncert = \"x\"\n",
+                "go together",
+            ),
+            (
+                "servers = [\"builtin:echo\"]\ntls = true\n",
+                "speaks no TLS",
+            ),
+            (
+                "servers = [\"wss://no-such-host.invalid:2\"]\n",
+                "cannot resolve",
+            ),
+        ] {
+            let e = Config::parse(&format!("{up}{extra}"), "x").unwrap_err();
+            assert!(e.message.contains(says), "{extra}: {e}");
+        }
     }
 
     #[test]

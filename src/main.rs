@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use wsedge::config::{Config, DEFAULT_CONFIG, IoDriver};
 use wsedge::server::{self, Server};
+use wsedge::tls::certs::CertFiles;
+use wsedge::tls::setup::TlsSetup;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -37,7 +39,7 @@ mod mimalloc_ext {
 #[command(version, about)]
 struct Args {
     /// Configuration file (TOML). See docs/configuration.md.
-    #[arg(long, short, value_name = "FILE", conflicts_with_all = ["listen", "upstream"])]
+    #[arg(long, short, value_name = "FILE", conflicts_with_all = ["listen", "upstream", "tls_cert", "tls_key", "upstream_ca"])]
     config: Option<PathBuf>,
     /// Check a configuration file and exit (0: valid, 1: not).
     #[arg(long, value_name = "FILE")]
@@ -48,9 +50,21 @@ struct Args {
     /// Listen on this address (repeatable). Without --config.
     #[arg(long, value_name = "ADDR")]
     listen: Vec<SocketAddr>,
-    /// Proxy every path to this backend (repeatable: round-robin). Without --config.
+    /// Proxy every path to this backend, HOST:PORT or wss://HOST:PORT
+    /// (repeatable: round-robin). Without --config.
     #[arg(long, value_name = "ADDR")]
     upstream: Vec<String>,
+    /// Serve TLS (wss://) on every --listen address with this certificate
+    /// chain (PEM). Needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Verify wss:// upstreams against this CA (PEM) instead of the
+    /// system's roots.
+    #[arg(long, value_name = "FILE")]
+    upstream_ca: Option<PathBuf>,
     /// Worker threads (default: the CPUs this process may run on).
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
@@ -66,8 +80,15 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if let Some(path) = &args.check_config {
-        return match Config::load(path) {
-            Ok(_) => {
+        // The file, then every certificate, key and CA it names.
+        let checked = Config::load(path)
+            .map_err(|e| e.to_string())
+            .and_then(|c| TlsSetup::build(&c).map_err(|e| format!("{}: {e}", path.display())));
+        return match checked {
+            Ok((_, warnings)) => {
+                for w in warnings {
+                    eprintln!("{}: warning: {w}", path.display());
+                }
                 println!("{}: ok", path.display());
                 ExitCode::SUCCESS
             }
@@ -87,10 +108,22 @@ fn main() -> ExitCode {
 
     let loaded = match &args.config {
         Some(path) => Config::load(path),
-        None if args.listen.is_empty() && args.upstream.is_empty() => {
+        None if args.listen.is_empty()
+            && args.upstream.is_empty()
+            && args.tls_cert.is_none()
+            && args.upstream_ca.is_none() =>
+        {
             Ok(Config::embedded_default())
         }
-        None => Config::from_args(&args.listen, &args.upstream),
+        None => Config::from_args(
+            &args.listen,
+            &args.upstream,
+            args.tls_cert
+                .clone()
+                .zip(args.tls_key.clone())
+                .map(|(cert, key)| CertFiles { cert, key }),
+            args.upstream_ca.clone(),
+        ),
     };
     let mut config = match loaded {
         Ok(c) => c,
@@ -106,6 +139,7 @@ fn main() -> ExitCode {
         config.io_driver = d;
     }
     let uses_echo = config.uses_builtin_echo();
+    let config_listeners: Vec<bool> = config.listeners.iter().map(|l| l.tls.is_some()).collect();
 
     wsedge::pool::set_release_hook(mimalloc_ext::release_freed_memory);
     server::block_shutdown_signals();
@@ -118,9 +152,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    for addr in &server.addrs {
+    for (addr, &l) in server.addrs.iter().zip(&config_listeners) {
+        let scheme = if l { "wss" } else { "ws" };
         tracing::info!(
-            "listening on ws://{addr}/ with {} workers",
+            "listening on {scheme}://{addr}/ with {} workers",
             server.drivers.len()
         );
         if uses_echo {
@@ -129,7 +164,7 @@ fn main() -> ExitCode {
             );
         }
     }
-    let sig = server::wait_for_shutdown_signal();
+    let sig = server::wait_for_shutdown_signal(&server);
     tracing::info!(signal = sig, "shutting down: closing connections with 1001");
     server.shutdown();
     tracing::info!("stopped");

@@ -6,12 +6,13 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use tracing::info;
+use tracing::{error, info, warn};
 
 use crate::config::{Config, IoDriver};
 use crate::control::{self, Control, ControlSender};
 use crate::listener::bind_all;
 use crate::stats::Stats;
+use crate::tls::setup::TlsSetup;
 use crate::worker::{self, WorkerSpec};
 
 /// Running workers. Stop them with [`Server::shutdown`]; dropping the
@@ -27,6 +28,7 @@ pub struct Server {
     pub drivers: Vec<&'static str>,
     /// Each worker's counters.
     pub stats: Vec<Arc<Stats>>,
+    tls: Arc<TlsSetup>,
     control: Vec<ControlSender>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -36,6 +38,8 @@ pub struct Server {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum StartError {
+    /// A TLS certificate, key or CA file could not be used.
+    Tls(String),
     /// A configured listener address could not be bound (in use, not a
     /// local address, no permission for the port, ...).
     Bind {
@@ -73,6 +77,7 @@ pub enum StartError {
 impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            StartError::Tls(e) => write!(f, "TLS: {e}"),
             StartError::Bind { address, .. } => write!(f, "cannot listen on {address}"),
             StartError::Echo(_) => f.write_str("cannot start the built-in echo server"),
             StartError::Runtime { worker, driver, .. } => {
@@ -98,7 +103,7 @@ impl std::error::Error for StartError {
             | StartError::Echo(source)
             | StartError::Runtime { source, .. }
             | StartError::Thread { source, .. } => Some(source),
-            StartError::WorkerDied { .. } => None,
+            StartError::WorkerDied { .. } | StartError::Tls(_) => None,
         }
     }
 }
@@ -122,6 +127,11 @@ impl Server {
             config.workers
         };
         let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let (tls, warnings) = TlsSetup::build(&config).map_err(StartError::Tls)?;
+        for w in warnings {
+            warn!("{w}");
+        }
+        let tls = Arc::new(tls);
 
         let mut per_worker: Vec<Vec<std::net::TcpListener>> = (0..n).map(|_| Vec::new()).collect();
         let mut addrs = Vec::new();
@@ -169,6 +179,7 @@ impl Server {
                 listeners,
                 echo,
                 config: Arc::clone(&config),
+                tls: Arc::clone(&tls),
                 stats: s,
                 control: receiver,
                 ready: tx,
@@ -198,6 +209,7 @@ impl Server {
             echo_addr,
             drivers,
             stats,
+            tls,
             control: senders,
             threads,
         })
@@ -215,20 +227,56 @@ impl Server {
         }
     }
 
+    /// Re-reads the TLS listeners' certificates and keys (SIGHUP): new
+    /// handshakes use them; open connections are untouched; a file that
+    /// fails to load keeps its old certificate, and the log says why.
+    pub fn reload_tls(&self) {
+        if self.tls.listeners.iter().all(Option::is_none) {
+            return;
+        }
+        let errors = self.tls.reload();
+        for e in &errors {
+            error!("certificate reload: {e}; keeping the certificate in use");
+        }
+        let now = crate::tls::certs::unix_now();
+        for acc in self.tls.listeners.iter().flatten() {
+            for c in acc.certs.current().iter() {
+                info!(
+                    cert = %c.files.cert.display(),
+                    subject = %c.subject,
+                    expires = %crate::tls::certs::date(c.not_after),
+                    days_left = c.days_left(now),
+                    "certificate in use"
+                );
+            }
+        }
+        if errors.is_empty() {
+            info!("certificates reloaded");
+        }
+    }
+
     /// The counters summed over the workers.
     pub fn totals(&self) -> Vec<(&'static str, u64)> {
         crate::stats::sum(&self.stats)
     }
 }
 
-/// Blocks the calling thread until SIGINT or SIGTERM arrives. Call
+/// Blocks the calling thread until SIGINT or SIGTERM arrives, reloading
+/// the TLS certificates of `server` on each SIGHUP meanwhile. Call
 /// [`block_shutdown_signals`] first, before any thread is started.
-pub fn wait_for_shutdown_signal() -> i32 {
-    crate::sys::wait_for_signals(&[libc::SIGINT, libc::SIGTERM])
+pub fn wait_for_shutdown_signal(server: &Server) -> i32 {
+    loop {
+        let sig = crate::sys::wait_for_signals(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
+        if sig != libc::SIGHUP {
+            return sig;
+        }
+        info!("SIGHUP: reloading certificates");
+        server.reload_tls();
+    }
 }
 
-/// Blocks SIGINT and SIGTERM in this thread and every thread it starts
-/// afterwards, so that [`wait_for_shutdown_signal`] receives them.
+/// Blocks SIGINT, SIGTERM and SIGHUP in this thread and every thread it
+/// starts afterwards, so that [`wait_for_shutdown_signal`] receives them.
 pub fn block_shutdown_signals() {
-    crate::sys::block_signals(&[libc::SIGINT, libc::SIGTERM]);
+    crate::sys::block_signals(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
 }

@@ -19,6 +19,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -33,7 +34,8 @@ use crate::proto::handshake::{
     build_switching_response, parse_request, parse_response, simple_response,
 };
 use crate::relay::{Outcome, Relay, RelayConfig};
-use crate::transport::{self, Transport, into_poll};
+use crate::tls::{self, Established, TlsStream};
+use crate::transport::{self, Stream, Transport, into_poll};
 use crate::worker::WorkerCtx;
 
 /// Which side of the proxy a handshake failure comes from (pingora's
@@ -79,6 +81,8 @@ enum Step {
     ReadingResponseBody,
     /// Writing the `101 Switching Protocols` to the client.
     WritingSwitch,
+    /// The TLS handshake with the backend.
+    TlsHandshake,
 }
 
 impl Step {
@@ -93,6 +97,7 @@ impl Step {
             Step::ReadingResponseHead => "reading the response head",
             Step::ReadingResponseBody => "reading the response body",
             Step::WritingSwitch => "writing the 101",
+            Step::TlsHandshake => "in the TLS handshake",
         }
     }
 }
@@ -120,6 +125,9 @@ enum Cause {
     /// The backend answered with a status other than 101, relayed to the
     /// client with as much of its body as came.
     Answered(u16, BodyEnd),
+    /// The TLS handshake with the backend failed (certificate not
+    /// verified, no common version, ...).
+    Tls(Box<str>),
 }
 
 /// How the body of a relayed backend answer ended.
@@ -239,6 +247,7 @@ impl std::fmt::Display for HandshakeError {
             Cause::Answered(status, body) => {
                 write!(f, "{side}: answered {status}, relayed to the client{body}")
             }
+            Cause::Tls(e) => write!(f, "{side}: {e}"),
         }
     }
 }
@@ -271,7 +280,7 @@ pub struct Session {
     state: State,
 }
 
-type Relayed = Relay<TcpStreamPoll, TcpStreamPoll>;
+type Relayed = Relay<Stream, Stream>;
 type HandshakeFuture = Pin<Box<dyn Future<Output = Option<(Relayed, Box<Info>)>>>>;
 
 // The relay is inline on purpose: it is the session's steady state, and
@@ -299,11 +308,13 @@ impl std::fmt::Debug for Session {
     }
 }
 
-/// Serves one accepted client connection to its end. The caller counted
-/// it in `ctx.stats.active`; the session uncounts it when it ends or is dropped.
-pub fn serve(ctx: Rc<WorkerCtx>, client: TcpStream, peer: SocketAddr) -> Session {
+/// Serves one client connection accepted on listener `listener` to its
+/// end. The caller counted it in `ctx.stats.active`; the session uncounts
+/// it when it ends or is dropped.
+pub fn serve(ctx: Rc<WorkerCtx>, client: TcpStream, peer: SocketAddr, listener: usize) -> Session {
     let hs_ctx = Rc::clone(&ctx);
-    let handshake: HandshakeFuture = Box::pin(async move { start(hs_ctx, client, peer).await });
+    let handshake: HandshakeFuture =
+        Box::pin(async move { start(hs_ctx, client, peer, listener).await });
     Session {
         ctx,
         state: State::Handshake(handshake),
@@ -367,17 +378,55 @@ async fn start(
     ctx: Rc<WorkerCtx>,
     client: TcpStream,
     peer: SocketAddr,
+    listener: usize,
 ) -> Option<(Relayed, Box<Info>)> {
     let _ = client.set_nodelay(true);
     let started = Instant::now();
-    let mut client = match into_poll(client) {
+    let mut tcp = match into_poll(client) {
         Ok(c) => c,
         Err(e) => {
             warn!(worker = ctx.id, client = %peer, "cannot register the socket: {e}");
             return None;
         }
     };
-    let up = match handshake(&ctx, &mut client, peer).await {
+    // TLS first on a TLS listener, within the handshake timeout.
+    let (mut client, early, tls_info) = match ctx
+        .tls
+        .listeners
+        .get(listener)
+        .and_then(Option::as_ref)
+    {
+        None => (Stream::Tcp(tcp), Vec::new(), None),
+        Some(acc) => {
+            let accepted = monoio::time::timeout(
+                ctx.config.timeouts.handshake,
+                tls::accept(&mut tcp, Arc::clone(&acc.config)),
+            )
+            .await;
+            let done = match accepted {
+                Ok(Ok(done)) => done,
+                Ok(Err(e)) => {
+                    ctx.stats.tls_failed.inc();
+                    info!(worker = ctx.id, client = %peer, "dropped: {e}");
+                    return None;
+                }
+                Err(_) => {
+                    ctx.stats.tls_failed.inc();
+                    info!(worker = ctx.id, client = %peer, "dropped: timed out in the TLS handshake");
+                    return None;
+                }
+            };
+            if done.info.resumed {
+                ctx.stats.tls_resumed.inc();
+            } else {
+                ctx.stats.tls_full.inc();
+            }
+            debug!(worker = ctx.id, client = %peer, version = ?done.info.version, resumed = done.info.resumed, "TLS established");
+            let stream = TlsStream::new(tcp, done.conn, &done.leftover, Rc::clone(&ctx.relay.pool));
+            (Stream::Tls(Box::new(stream)), done.early, Some(done.info))
+        }
+    };
+    let up = match handshake(&ctx, &mut client, peer, early, tls_info.as_ref()).await {
         Ok(up) => up,
         Err(refused) => {
             refuse(&ctx, &mut client, peer, refused).await;
@@ -502,7 +551,7 @@ async fn read_head<T: Transport>(
 /// What a completed handshake hands to the relay. The handshake's own
 /// buffers (heads, header arrays) are freed before relaying starts.
 struct Upgraded {
-    backend: TcpStreamPoll,
+    backend: Stream,
     server: Server,
     path: String,
     route: usize,
@@ -513,8 +562,10 @@ struct Upgraded {
 
 async fn handshake(
     ctx: &WorkerCtx,
-    client: &mut TcpStreamPoll,
+    client: &mut Stream,
     peer: SocketAddr,
+    early: Vec<u8>,
+    tls: Option<&Established>,
 ) -> Result<Upgraded, Refused> {
     let cfg = &ctx.config;
     let limits = cfg.limits.head_limits();
@@ -526,7 +577,9 @@ async fn handshake(
 
     // 1. The client's request head, parsed once it is complete (or can
     // never be).
-    let mut head = Vec::with_capacity(1024);
+    // Bytes that came with the TLS handshake are the start of the head.
+    let mut head = early;
+    head.reserve(1024);
     let mut scanner = HeadScanner::new(HeadKind::Request);
     let read = timed(
         hs_timeout,
@@ -577,13 +630,17 @@ async fn handshake(
     }
     let key = handshake::key_from_nonce(&nonce);
     let key = std::str::from_utf8(&key).unwrap_or_default();
+    let cert = tls
+        .and_then(|t| t.peer_certs.first())
+        .and_then(|der| tls::certs::subject_and_san(der));
     let opts = BackendRequest {
         path: &path,
         host: req.host(),
         key,
         client_ip: peer.ip(),
-        forwarded_proto: "http",
+        forwarded_proto: if tls.is_some() { "https" } else { "http" },
         forward_extensions: route.permessage_deflate,
+        client_cert: cert.as_ref().map(|(s, a)| (s.as_str(), a.as_str())),
     };
     let request = build_backend_request(&req, &opts);
     let expect = Expect::new(&req, &opts);
@@ -680,7 +737,7 @@ async fn handshake(
 /// with that length; a framing that cannot be relayed is a 502.
 async fn relay_answer(
     ctx: &WorkerCtx,
-    backend: &mut TcpStreamPoll,
+    backend: &mut Stream,
     server: Server,
     status: u16,
     resp: &[u8],
@@ -738,7 +795,7 @@ async fn relay_answer(
 async fn connect_upstream(
     ctx: &WorkerCtx,
     route: &Route,
-) -> Result<(TcpStreamPoll, Server), HandshakeError> {
+) -> Result<(Stream, Server), HandshakeError> {
     let upstream = &ctx.config.upstreams[route.upstream];
     let n = upstream.servers.len();
     let start = ctx.next_rr(route.upstream);
@@ -761,17 +818,27 @@ async fn connect_upstream(
                 }
             },
         };
-        let cause = match timed(ctx.config.timeouts.connect, TcpStream::connect_addr(addr)).await {
-            Ok(s) => {
-                let _ = s.set_nodelay(true);
-                match into_poll(s) {
-                    Ok(s) => return Ok((s, server)),
-                    Err(e) => Cause::Io(e.kind()),
+        let connected =
+            match timed(ctx.config.timeouts.connect, TcpStream::connect_addr(addr)).await {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    into_poll(s).map_err(|e| Cause::Io(e.kind()))
                 }
-            }
-            Err(cause) => cause,
+                Err(cause) => Err(cause),
+            };
+        let error = match connected {
+            Ok(s) => match secure(ctx, route.upstream, (start + i) % n, s).await {
+                Ok(s) => return Ok((s, server)),
+                // A backend whose certificate fails is not retried on the
+                // next server: the client hears why (502), the log says it.
+                Err(cause @ Cause::Tls(_)) => {
+                    ctx.stats.backend_failures.inc();
+                    return Err(HandshakeError::backend(server, Step::TlsHandshake, cause));
+                }
+                Err(cause) => HandshakeError::backend(server, Step::TlsHandshake, cause),
+            },
+            Err(cause) => HandshakeError::backend(server, Step::Connecting, cause),
         };
-        let error = HandshakeError::backend(server, Step::Connecting, cause);
         warn!(worker = ctx.id, backend = %server, "{error}");
         // A timeout is kept over later refusals: the client is told 504.
         if !matches!(&failure, Some(f) if f.cause == Cause::TimedOut) {
@@ -783,6 +850,46 @@ async fn connect_upstream(
         Step::Connecting,
         Cause::Io(io::ErrorKind::NotFound),
     )))
+}
+
+/// TLS to the backend when its upstream has it, within the handshake
+/// timeout: SNI and verification use the server's host name (or `sni`).
+async fn secure(
+    ctx: &WorkerCtx,
+    upstream: usize,
+    server: usize,
+    mut tcp: TcpStreamPoll,
+) -> Result<Stream, Cause> {
+    let Some(config) = ctx.tls.upstreams.get(upstream).and_then(Option::as_ref) else {
+        return Ok(Stream::Tcp(tcp));
+    };
+    let t = ctx.config.upstreams[upstream].tls.as_ref();
+    let host = t
+        .and_then(|t| {
+            t.client
+                .sni
+                .as_deref()
+                .or(t.hosts.get(server).map(String::as_str))
+        })
+        .unwrap_or_default();
+    let name = tls::setup::server_name(host).map_err(|e| Cause::Tls(e.to_string().into()))?;
+    match monoio::time::timeout(
+        ctx.config.timeouts.handshake,
+        tls::connect(&mut tcp, Arc::clone(config), name),
+    )
+    .await
+    {
+        Ok(Ok(done)) => Ok(Stream::Tls(Box::new(TlsStream::new(
+            tcp,
+            done.conn,
+            &done.leftover,
+            Rc::clone(&ctx.relay.pool),
+        )))),
+        Ok(Err(tls::HandshakeError::Io(kind))) => Err(Cause::Io(kind)),
+        Ok(Err(tls::HandshakeError::Closed)) => Err(Cause::Closed),
+        Ok(Err(e)) => Err(Cause::Tls(e.to_string().into())),
+        Err(_) => Err(Cause::TimedOut),
+    }
 }
 
 #[cfg(test)]

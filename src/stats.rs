@@ -64,6 +64,12 @@ pub struct Stats {
     pub bytes_from_client: Counter,
     /// Bytes read from backends while relaying.
     pub bytes_from_backend: Counter,
+    /// TLS handshakes completed with clients, full ones.
+    pub tls_full: Counter,
+    /// TLS handshakes completed with clients, resumed ones.
+    pub tls_resumed: Counter,
+    /// TLS handshakes with clients that failed (refused, garbage, timeout).
+    pub tls_failed: Counter,
 }
 
 impl Stats {
@@ -80,7 +86,7 @@ impl Stats {
 /// The sum over workers of every counter, as `(name, value)` pairs.
 pub fn sum(workers: &[std::sync::Arc<Stats>]) -> Vec<(&'static str, u64)> {
     type Pick = fn(&Stats) -> &Counter;
-    let pick: [(&'static str, Pick); 10] = [
+    let pick: [(&'static str, Pick); 13] = [
         ("accepted", |s| &s.accepted),
         ("active", |s| &s.active),
         ("upgraded", |s| &s.upgraded),
@@ -91,6 +97,9 @@ pub fn sum(workers: &[std::sync::Arc<Stats>]) -> Vec<(&'static str, u64)> {
         ("closed_otherwise", |s| &s.closed_otherwise),
         ("bytes_from_client", |s| &s.bytes_from_client),
         ("bytes_from_backend", |s| &s.bytes_from_backend),
+        ("tls_full", |s| &s.tls_full),
+        ("tls_resumed", |s| &s.tls_resumed),
+        ("tls_failed", |s| &s.tls_failed),
     ];
     pick.iter()
         .map(|(name, f)| (*name, workers.iter().map(|w| f(w).get()).sum()))

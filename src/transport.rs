@@ -83,6 +83,48 @@ impl Transport for TcpStreamPoll {
     }
 }
 
+/// A client or backend connection: plain TCP, or TLS over it (boxed: the
+/// record layer's keys would otherwise make every plain connection as big).
+#[derive(Debug)]
+pub enum Stream {
+    /// Plain TCP.
+    Tcp(TcpStreamPoll),
+    /// TLS over TCP.
+    Tls(Box<crate::tls::TlsStream<TcpStreamPoll>>),
+}
+
+impl Transport for Stream {
+    #[inline]
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        match self {
+            Stream::Tcp(s) => s.poll_read(cx, buf),
+            Stream::Tls(s) => s.poll_read(cx, buf),
+        }
+    }
+
+    #[inline]
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self {
+            Stream::Tcp(s) => s.poll_write(cx, buf),
+            Stream::Tls(s) => s.poll_write(cx, buf),
+        }
+    }
+
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.shutdown_write(),
+            Stream::Tls(s) => s.shutdown_write(),
+        }
+    }
+
+    fn shutdown_both(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.shutdown_both(),
+            Stream::Tls(s) => s.shutdown_both(),
+        }
+    }
+}
+
 /// Switches an accepted or connected socket to poll-style IO.
 pub fn into_poll(s: monoio::net::TcpStream) -> io::Result<TcpStreamPoll> {
     s.try_into_poll_io().map_err(|(e, _)| e)

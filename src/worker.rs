@@ -22,6 +22,7 @@ use crate::pool::{self, Pool, TRIM_INTERVAL};
 use crate::proto::mask::MaskKeyGen;
 use crate::relay::{Shutdown, Worker as RelayWorker};
 use crate::stats::Stats;
+use crate::tls::setup::TlsSetup;
 
 /// Spare buffers a worker's pool keeps for good (2 MiB at the default
 /// 64 KiB buffer size); more are kept after a burst and trimmed back to
@@ -42,6 +43,8 @@ pub struct WorkerCtx {
     pub stats: Arc<Stats>,
     /// Where this worker's built-in echo server listens, if configured.
     pub echo_addr: Option<SocketAddr>,
+    /// TLS configurations by listener and upstream (shared by the workers).
+    pub tls: Arc<TlsSetup>,
     rr: Vec<Cell<usize>>,
     /// The shutdown wait, woken when the last connection ends.
     drained: RefCell<Option<Waker>>,
@@ -96,6 +99,8 @@ pub struct WorkerSpec {
     pub config: Arc<Config>,
     /// The worker's counters.
     pub stats: Arc<Stats>,
+    /// TLS configurations by listener and upstream.
+    pub tls: Arc<TlsSetup>,
     /// The worker's end of its control channel.
     pub control: ControlReceiver,
     /// Tells the starter which driver came up (or why the one configured
@@ -166,6 +171,7 @@ async fn worker_main(spec: WorkerSpec) {
         }),
         stats: spec.stats,
         echo_addr: spec.echo.as_ref().and_then(|l| l.local_addr().ok()),
+        tls: spec.tls,
         rr: (0..config.upstreams.len())
             .map(|i| Cell::new(spec.id + i))
             .collect(),
@@ -183,9 +189,9 @@ async fn worker_main(spec: WorkerSpec) {
         }
     }
     let mut accept_loops = Vec::new();
-    for l in spec.listeners {
+    for (i, l) in spec.listeners.into_iter().enumerate() {
         match TcpListener::from_std(l) {
-            Ok(l) => accept_loops.push(monoio::spawn(accept_loop(Rc::clone(&ctx), l))),
+            Ok(l) => accept_loops.push(monoio::spawn(accept_loop(Rc::clone(&ctx), l, i))),
             Err(e) => error!(worker = ctx.id, "listener: {e}"),
         }
     }
@@ -235,7 +241,7 @@ async fn trim_pool(pool: Rc<Pool>) {
     }
 }
 
-async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener) {
+async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener, index: usize) {
     loop {
         let accepted = monoio::select! {
             r = listener.accept() => r,
@@ -248,7 +254,7 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener) {
                 // The session itself is the task (no async block around it:
                 // that would hold the session twice, as a capture and as the
                 // awaited future, and double what an idle connection costs).
-                monoio::spawn(crate::session::serve(Rc::clone(&ctx), stream, peer));
+                monoio::spawn(crate::session::serve(Rc::clone(&ctx), stream, peer, index));
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.

@@ -78,6 +78,7 @@ fn backend_opts() -> BackendRequest<'static> {
         client_ip: "198.51.100.4".parse().unwrap(),
         forwarded_proto: "https",
         forward_extensions: false,
+        client_cert: None,
     }
 }
 

@@ -23,7 +23,7 @@ const PROMPT: Duration = Duration::from_secs(10);
 
 fn config(driver: IoDriver, workers: usize, upstream: &str) -> Config {
     let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let mut c = Config::from_args(&[listen], &[upstream.to_string()]).unwrap();
+    let mut c = Config::from_args(&[listen], &[upstream.to_string()], None, None).unwrap();
     c.workers = workers;
     c.io_driver = driver;
     c.timeouts.shutdown_grace = LONG_GRACE;
@@ -88,7 +88,7 @@ both_drivers!(
 fn address_in_use_is_a_bind_error_naming_the_address() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = taken.local_addr().unwrap();
-    let mut c = Config::from_args(&[address], &["builtin:echo".to_string()]).unwrap();
+    let mut c = Config::from_args(&[address], &["builtin:echo".to_string()], None, None).unwrap();
     c.workers = 1;
     c.io_driver = IoDriver::Epoll;
     match Server::start(c) {

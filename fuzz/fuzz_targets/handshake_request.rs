@@ -111,6 +111,7 @@ fuzz_target!(|data: &[u8]| {
             client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
             forwarded_proto: "https",
             forward_extensions: steps & 0x80 != 0,
+            client_cert: None,
         };
         let out = build_backend_request(&req, &opts);
         let big = Limits {

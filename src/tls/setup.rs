@@ -236,6 +236,87 @@ fn system_roots() -> Result<RootCertStore, SetupError> {
     Ok(roots)
 }
 
+/// The TLS configurations a server runs with, built once at start and
+/// shared by every worker (read at handshakes only).
+#[derive(Debug, Default)]
+pub struct TlsSetup {
+    /// By listener index: the TLS listeners' acceptors.
+    pub listeners: Vec<Option<Acceptor>>,
+    /// By upstream index: the TLS upstreams' client configurations.
+    pub upstreams: Vec<Option<Arc<ClientConfig>>>,
+}
+
+impl TlsSetup {
+    /// Loads every certificate and key the configuration names and builds
+    /// the rustls configurations. Returns warnings to log (a certificate
+    /// expiring soon, verification switched off) with it.
+    pub fn build(config: &crate::config::Config) -> Result<(TlsSetup, Vec<String>), String> {
+        let mut warnings = Vec::new();
+        let now = super::certs::unix_now();
+        let mut listeners = Vec::new();
+        for l in &config.listeners {
+            let Some(t) = &l.tls else {
+                listeners.push(None);
+                continue;
+            };
+            let acc = t
+                .build()
+                .map_err(|e| format!("listener {}: {e}", l.address))?;
+            for c in acc.certs.current().iter() {
+                let days = c.days_left(now);
+                if days < super::certs::EXPIRY_WARNING_DAYS {
+                    warnings.push(format!(
+                        "listener {}: {} expires in {days} days ({})",
+                        l.address,
+                        c.files.cert.display(),
+                        super::certs::date(c.not_after)
+                    ));
+                }
+            }
+            listeners.push(Some(acc));
+        }
+        let mut upstreams = Vec::new();
+        for u in &config.upstreams {
+            let Some(t) = &u.tls else {
+                upstreams.push(None);
+                continue;
+            };
+            if t.client.insecure_skip_verify {
+                warnings.push(format!(
+                    "upstream {:?}: insecure_skip_verify = true: backend certificates are NOT verified; anyone on the path can impersonate these backends",
+                    u.name
+                ));
+            }
+            for h in &t.hosts {
+                server_name(t.client.sni.as_deref().unwrap_or(h))
+                    .map_err(|e| format!("upstream {:?}: {e}", u.name))?;
+            }
+            upstreams.push(Some(
+                t.client
+                    .build()
+                    .map_err(|e| format!("upstream {:?}: {e}", u.name))?,
+            ));
+        }
+        Ok((
+            TlsSetup {
+                listeners,
+                upstreams,
+            },
+            warnings,
+        ))
+    }
+
+    /// Re-reads every listener's certificates: new handshakes use the new
+    /// ones. Returns what could not be loaded (the old certificate stays).
+    pub fn reload(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        for acc in self.listeners.iter().flatten() {
+            errors.extend(acc.certs.reload().into_iter().map(|e| e.to_string()));
+        }
+        errors
+    }
+}
+
 /// The name a backend is asked for and verified against.
 pub fn server_name(name: &str) -> Result<ServerName<'static>, SetupError> {
     ServerName::try_from(name.to_string())

@@ -353,3 +353,15 @@ fn early_data_with_the_finished_flight_is_kept() {
     }
     assert_eq!(early, b"GET / HTTP/1.1\r\n\r\n");
 }
+
+#[test]
+fn sizes() {
+    eprintln!(
+        "TlsStream {} TlsConn {} Records {} Stream {} TcpStreamPoll {}",
+        std::mem::size_of::<super::TlsStream<monoio::net::tcp::stream_poll::TcpStreamPoll>>(),
+        std::mem::size_of::<TlsConn>(),
+        std::mem::size_of::<super::record::Records>(),
+        std::mem::size_of::<crate::transport::Stream>(),
+        std::mem::size_of::<monoio::net::tcp::stream_poll::TcpStreamPoll>(),
+    );
+}

@@ -124,7 +124,8 @@ impl Proxy {
         tweak: impl FnOnce(&mut Config),
     ) -> Proxy {
         let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let mut config = Config::from_args(&[listen], upstreams).expect("config from args");
+        let mut config =
+            Config::from_args(&[listen], upstreams, None, None).expect("config from args");
         tweak(&mut config);
         Proxy::start_config(driver, config)
     }
@@ -152,6 +153,11 @@ impl Proxy {
             addr: server.addrs[0],
             server: Some(server),
         }
+    }
+
+    /// Re-reads the TLS certificates, as SIGHUP does.
+    pub fn reload_tls(&self) {
+        self.server.as_ref().expect("running").reload_tls();
     }
 
     /// `ws://ADDR{path}`.

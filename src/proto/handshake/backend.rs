@@ -29,6 +29,10 @@ pub struct BackendRequest<'a> {
     /// Whether the client's `Sec-WebSocket-Extensions` are passed on; when
     /// off the backend must not choose any extension.
     pub forward_extensions: bool,
+    /// The verified client certificate's subject and subjectAltName
+    /// entries, sent as `X-Client-Cert-Subject` and `X-Client-Cert-SAN`
+    /// (headers of those names from the client are never forwarded).
+    pub client_cert: Option<(&'a str, &'a str)>,
 }
 
 /// Headers never forwarded as they are: hop-by-hop ones (RFC 9110 §7.6.1),
@@ -51,6 +55,8 @@ const NOT_FORWARDED: &[&str] = &[
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
+    "x-client-cert-subject",
+    "x-client-cert-san",
 ];
 
 /// Writes the upgrade request the proxy sends to a backend.
@@ -113,8 +119,19 @@ pub fn build_backend_request(req: &UpgradeRequest<'_, '_>, opts: &BackendRequest
         opts.forwarded_proto.as_bytes(),
     );
     put_header(&mut out, "X-Forwarded-Host", req.host().as_bytes());
+    if let Some((subject, san)) = opts.client_cert {
+        put_header(&mut out, "X-Client-Cert-Subject", &header_safe(subject));
+        put_header(&mut out, "X-Client-Cert-SAN", &header_safe(san));
+    }
     out.extend_from_slice(b"\r\n");
     out
+}
+
+/// A value fit for a header line: control characters become `?`.
+fn header_safe(s: &str) -> Vec<u8> {
+    s.bytes()
+        .map(|b| if b < 0x20 || b == 0x7f { b'?' } else { b })
+        .collect()
 }
 
 /// What a backend's answer must satisfy to be accepted as an upgrade.

@@ -373,7 +373,33 @@ fn opts(forward_extensions: bool) -> BackendRequest<'static> {
         client_ip: "192.0.2.7".parse().unwrap(),
         forwarded_proto: "http",
         forward_extensions,
+        client_cert: None,
     }
+}
+
+#[test]
+fn client_cert_headers_replace_the_clients() {
+    let mut headers = [httparse::EMPTY_HEADER; 16];
+    let raw = b"GET /chat HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nX-Client-Cert-Subject: CN=forged\r\nx-client-cert-san: DNS:forged\r\n\r\n";
+    let (req, _) = parse_request(raw, &mut headers, &Limits::default())
+        .unwrap()
+        .unwrap();
+    let out = build_backend_request(&req, &opts(false));
+    assert!(!contains(&out, "forged"));
+    let o = BackendRequest {
+        client_cert: Some(("CN=dev1, O=Acme", "DNS:dev1.example\r\nX: y")),
+        ..opts(false)
+    };
+    let out = build_backend_request(&req, &o);
+    assert!(!contains(&out, "forged"));
+    assert!(contains(
+        &out,
+        "\r\nX-Client-Cert-Subject: CN=dev1, O=Acme\r\n"
+    ));
+    assert!(contains(
+        &out,
+        "\r\nX-Client-Cert-SAN: DNS:dev1.example??X: y\r\n"
+    ));
 }
 
 #[test]
@@ -724,6 +750,7 @@ fn backend_status_outside_100_to_599_is_malformed() {
         client_ip: "127.0.0.1".parse().unwrap(),
         forwarded_proto: "http",
         forward_extensions: false,
+        client_cert: None,
     };
     let expect = Expect::new(&request, &opts);
     for status in ["000", "099", "600", "999"] {
