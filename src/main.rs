@@ -160,7 +160,7 @@ fn main() -> ExitCode {
         );
         if uses_echo {
             tracing::info!(
-                "every path goes to the built-in echo server; try: python3 -m websockets ws://{addr}/ (or any WebSocket client)"
+                "every path goes to the built-in echo server; try: python3 -m websockets {scheme}://{addr}/ (or any WebSocket client)"
             );
         }
     }

@@ -129,12 +129,15 @@ impl Dir {
     }
 }
 
-fn tls12_aad(seq: u64, typ: u8, len: usize) -> [u8; 13] {
+/// TLS 1.2's additional data: sequence number, then the record's type and
+/// version as they are on the wire (so a changed header fails to open),
+/// then the plaintext length (RFC 5246 §6.2.3.3).
+fn tls12_aad(seq: u64, typ: u8, version: [u8; 2], len: usize) -> [u8; 13] {
     let mut a = [0u8; 13];
     a[..8].copy_from_slice(&seq.to_be_bytes());
     a[8] = typ;
-    a[9] = 3;
-    a[10] = 3;
+    a[9] = version[0];
+    a[10] = version[1];
     a[11..].copy_from_slice(&(len as u16).to_be_bytes());
     a
 }
@@ -276,7 +279,7 @@ impl Records {
                 let p = plain.len();
                 out[at..at + p].copy_from_slice(plain);
                 let (inner, tag) = out[at..].split_at_mut(p);
-                let aad = tls12_aad(self.tx.seq, typ, p);
+                let aad = tls12_aad(self.tx.seq, typ, [3, 3], p);
                 let t = self
                     .tx
                     .key
@@ -300,6 +303,7 @@ impl Records {
             return Ok(None);
         };
         let outer = h[0];
+        let wire_version = [h[1], h[2]];
         let len = u16::from_be_bytes([h[3], h[4]]) as usize;
         if len > MAX_CIPHER {
             return Err(RecordError::Overflow);
@@ -357,7 +361,7 @@ impl Records {
                 } else {
                     self.rx.nonce()
                 };
-                let aad = tls12_aad(self.rx.seq, outer, len - skip - TAG);
+                let aad = tls12_aad(self.rx.seq, outer, wire_version, len - skip - TAG);
                 let plain = self
                     .rx
                     .key

@@ -47,6 +47,12 @@ impl Carry {
     }
 }
 
+// A TLS leg's state while idle (boxed beside the relay): the record layer's
+// keys (ring's expanded AES-GCM keys are ~540 B a direction) and rustls's
+// key-update state. Grows only on purpose (see docs/benchmarks.md).
+const _: () =
+    assert!(std::mem::size_of::<TlsStream<monoio::net::tcp::stream_poll::TcpStreamPoll>>() <= 2048);
+
 /// TLS over `S`.
 pub struct TlsStream<S: Transport> {
     io: S,
