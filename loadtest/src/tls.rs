@@ -261,7 +261,7 @@ pub fn error_label(e: &io::Error) -> &'static str {
             }
             C::Expired | C::ExpiredContext { .. } => "certificate expired",
             C::NotValidYet | C::NotValidYetContext { .. } => "certificate not valid yet",
-            C::BadSignature => "certificate with a bad signature",
+            C::BadSignature => "bad certificate signature (not signed by the --ca given?)",
             C::BadEncoding => "certificate badly encoded",
             C::Other(o) if o.to_string().contains("CaUsedAsEndEntity") => {
                 "the server's certificate is a CA certificate (basicConstraints CA:TRUE)"
