@@ -254,14 +254,14 @@ pub fn error_label(e: &io::Error) -> &'static str {
     match tls {
         E::InvalidCertificate(c) => match c {
             C::UnknownIssuer => {
-                "certificate not trusted: unknown issuer (give its CA with --ca, or --insecure)"
+                "certificate not trusted: unknown issuer; give its CA with --ca, or --insecure"
             }
             C::NotValidForName | C::NotValidForNameContext { .. } => {
                 "certificate not valid for the URL's host"
             }
             C::Expired | C::ExpiredContext { .. } => "certificate expired",
             C::NotValidYet | C::NotValidYetContext { .. } => "certificate not valid yet",
-            C::BadSignature => "bad certificate signature (not signed by the --ca given?)",
+            C::BadSignature => "bad certificate signature; not signed by the --ca given?",
             C::BadEncoding => "certificate badly encoded",
             C::Other(o) if o.to_string().contains("CaUsedAsEndEntity") => {
                 "the server's certificate is a CA certificate (basicConstraints CA:TRUE)"

@@ -777,6 +777,25 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
         duration,
         dir.display()
     );
+    let scenarios = if a.tls {
+        tls_plan(a.quick, a.tls_rsa)
+    } else {
+        plan(a.quick)
+    };
+    // Each certificate once, in the order the scenarios use them; a proxy
+    // is started once per certificate (`None`: plain ws).
+    let mut groups: Vec<Option<CertKind>> = Vec::new();
+    for s in &scenarios {
+        if !groups.contains(&s.cert) {
+            groups.push(s.cert);
+        }
+    }
+    // Made before any process starts: a failure leaves nothing behind.
+    let mut certs: Vec<CertFiles> = Vec::new();
+    for kind in groups.iter().flatten() {
+        certs.push(certs::generate(&dir.join("certs"), *kind)?);
+    }
+    let tls_backend = free_port()?;
     let mut echo = {
         let mut cmd = h.wsload();
         cmd.args([
@@ -816,24 +835,6 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
             },
         )
         .collect();
-    let scenarios = if a.tls {
-        tls_plan(a.quick, a.tls_rsa)
-    } else {
-        plan(a.quick)
-    };
-    // Each certificate once, in the order the scenarios use them; a proxy
-    // is started once per certificate (`None`: plain ws).
-    let mut groups: Vec<Option<CertKind>> = Vec::new();
-    for s in &scenarios {
-        if !groups.contains(&s.cert) {
-            groups.push(s.cert);
-        }
-    }
-    let mut certs: Vec<CertFiles> = Vec::new();
-    for kind in groups.iter().flatten() {
-        certs.push(certs::generate(&dir.join("certs"), *kind)?);
-    }
-    let tls_backend = free_port()?;
     let mut outcomes: Vec<Outcome> = Vec::new();
     let mut fixed_rate: Option<f64> = None;
     let mut profiles = Vec::new();
