@@ -5,6 +5,7 @@
 #   loadtest/compare.sh            # full run, under 10 minutes on 2 cores
 #   loadtest/compare.sh --quick    # about a minute
 #   loadtest/compare.sh --only nginx,haproxy,direct --no-doc
+#   loadtest/compare.sh --tls --tls-rsa   # the proxies terminating TLS
 #
 # Builds the release binaries, then runs `wsload compare` with the arguments
 # given (see `target/release/wsload compare --help`). Installs nginx and

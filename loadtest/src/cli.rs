@@ -78,11 +78,29 @@ pub struct ClientArgs {
     /// edges of the measured window: `NAME=PID` or `PID`. Repeatable.
     #[arg(long)]
     pub watch: Vec<String>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// TLS options of the client subcommands (for `wss://` URLs).
+#[derive(Debug, Args, Clone)]
+pub struct TlsArgs {
+    /// wss://: trust the CA certificates in this PEM file (default: the
+    /// system's roots).
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
+    pub ca: Option<PathBuf>,
+    /// wss://: do not verify the server's certificate (its handshake
+    /// signatures are still checked).
+    #[arg(long)]
+    pub insecure: bool,
+    /// wss://: offer only this TLS version (default: 1.3 and 1.2).
+    #[arg(long, value_name = "VERSION", value_parser = ["1.2", "1.3"])]
+    pub tls_version: Option<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// ws://host:port/path
+    /// ws://host:port/path or wss://host:port/path
     pub url: String,
     /// Concurrent connections.
     #[arg(long, short = 'c', default_value_t = 100)]
@@ -136,6 +154,13 @@ pub struct EchoArgs {
     /// Largest message accepted.
     #[arg(long, default_value_t = 64 << 20)]
     pub max_message: usize,
+    /// Serve TLS (wss://) with this PEM certificate chain (TLS 1.3 and 1.2,
+    /// ALPN http/1.1, session tickets on).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Testing: flip one byte in every Nth echoed message.
     #[arg(long, hide = true, default_value_t = 0)]
     pub corrupt_every: u64,
@@ -143,7 +168,7 @@ pub struct EchoArgs {
 
 #[derive(Debug, Args)]
 pub struct ConnectArgs {
-    /// ws://host:port/path
+    /// ws://host:port/path or wss://host:port/path
     pub url: String,
     /// Handshakes per second in total (open loop).
     #[arg(long, short = 'r', conflicts_with = "max")]
@@ -158,13 +183,18 @@ pub struct ConnectArgs {
     pub duration: Duration,
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub warmup: Duration,
+    /// wss://: resume TLS sessions (tickets) through one session store that
+    /// all workers share; by default every handshake is a full one. The
+    /// report counts the resumed handshakes.
+    #[arg(long)]
+    pub tls_resume: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct IdleArgs {
-    /// ws://host:port/path
+    /// ws://host:port/path or wss://host:port/path
     pub url: String,
     /// Connections to open and hold.
     #[arg(long, short = 'c', default_value_t = 1000)]
@@ -198,6 +228,17 @@ impl ClientArgs {
             Some(s) => crate::net::parse_source_ips(s),
             None => Ok(Vec::new()),
         }
+    }
+
+    /// The target `url`, with this TLS configuration if it is `wss://`.
+    pub fn target(&self, url: &str, resume: bool) -> anyhow::Result<crate::net::Target> {
+        let tls = crate::tls::ClientTls {
+            ca: self.tls.ca.clone(),
+            insecure: self.tls.insecure,
+            resume,
+            version: self.tls.tls_version.clone(),
+        };
+        crate::net::Target::parse(url, Some(&tls))
     }
 
     pub fn watched(&self) -> anyhow::Result<Vec<(String, u32)>> {

@@ -1,26 +1,25 @@
-//! The client side shared by `run`, `connect` and `idle`: connect and
-//! upgrade, then read server frames.
+//! The client side shared by `run`, `connect` and `idle`: connect (TLS for
+//! `wss://`) and upgrade, then read server frames.
 
 use std::net::IpAddr;
 use std::time::Duration;
-
-use monoio::io::AsyncWriteRentExt;
-use monoio::net::TcpStream;
 
 use crate::frame::{self, Header, Opcode};
 use crate::handshake::{self, HandshakeError};
 use crate::mask::KeyGen;
 use crate::net::{self, Target};
 use crate::stats::ErrKind;
+use crate::stream::Stream;
 
-/// Connects and upgrades. Returns the stream and any bytes that followed the
-/// response head (the start of frame data).
+/// Connects (`wss://`: and runs the TLS handshake) and upgrades. Returns
+/// the stream and any bytes that followed the response head (the start of
+/// frame data). The TLS handshake and the upgrade share one timeout.
 pub async fn open(
     target: &Target,
     source: Option<IpAddr>,
     rng: &mut KeyGen,
     timeout: Duration,
-) -> Result<(TcpStream, Vec<u8>), ErrKind> {
+) -> Result<(Stream, Vec<u8>), ErrKind> {
     let stream = match monoio::time::timeout(timeout, net::connect(target.addr, source)).await {
         Ok(Ok(s)) => s,
         Ok(Err(_)) | Err(_) => return Err(ErrKind::Connect),
@@ -28,17 +27,27 @@ pub async fn open(
     let mut raw = [0u8; 16];
     rng.fill(&mut raw);
     let key = handshake::new_key(raw);
-    match monoio::time::timeout(timeout, upgrade(stream, target, &key)).await {
+    let secure_upgrade = async {
+        let stream = match &target.tls {
+            None => Stream::Plain(stream),
+            Some(t) => crate::tls::connect(stream, t.config.clone(), t.name.clone())
+                .await
+                .map(Stream::tls)
+                .map_err(|e| ErrKind::Tls(crate::tls::error_label(&e)))?,
+        };
+        upgrade(stream, target, &key).await
+    };
+    match monoio::time::timeout(timeout, secure_upgrade).await {
         Ok(r) => r,
         Err(_) => Err(ErrKind::HandshakeTimeout),
     }
 }
 
 async fn upgrade(
-    mut stream: TcpStream,
+    mut stream: Stream,
     target: &Target,
     key: &str,
-) -> Result<(TcpStream, Vec<u8>), ErrKind> {
+) -> Result<(Stream, Vec<u8>), ErrKind> {
     let mut req = Vec::with_capacity(256);
     handshake::write_request(&mut req, &target.host, &target.path, key);
     let (res, _) = stream.write_all(req).await;
@@ -48,7 +57,7 @@ async fn upgrade(
         if buf.len() == buf.capacity() {
             buf.reserve(1024);
         }
-        let (res, b) = net::read_more(&mut stream, buf).await;
+        let (res, b) = stream.read_more(buf).await;
         buf = b;
         match res {
             Ok(0) => {

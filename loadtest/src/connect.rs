@@ -11,8 +11,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use monoio::io::AsyncWriteRentExt;
-use monoio::net::TcpStream;
 use serde::{Deserialize, Serialize};
 
 use crate::client;
@@ -21,6 +19,7 @@ use crate::mask::KeyGen;
 use crate::net::{self, Target};
 use crate::report::{self, Machine, Watched};
 use crate::stats::{ErrKind, Percentiles, Progress, Tally, percentile_curve};
+use crate::stream::Stream;
 use crate::sys;
 
 /// Options of `wsload connect`.
@@ -35,6 +34,9 @@ pub struct ConnectOpts {
     pub pin: bool,
     pub timeout: Duration,
     pub sources: Vec<IpAddr>,
+    /// `wss://`: resume TLS sessions (the target's configuration has the
+    /// shared session store).
+    pub tls_resume: bool,
     pub watch: Vec<(String, u32)>,
     pub json: Option<PathBuf>,
     pub plot: Option<PathBuf>,
@@ -51,6 +53,9 @@ pub struct ConnectParams {
     pub workers: usize,
     pub timeout_s: f64,
     pub source_ips: usize,
+    /// `wss://` with `--tls-resume`: sessions are resumed where they can be.
+    #[serde(default)]
+    pub tls_resume: bool,
 }
 
 /// Everything `wsload connect` measured.
@@ -63,6 +68,15 @@ pub struct ConnectReport {
     /// Complete cycles (upgrade and close) that ended in the window.
     pub handshakes: u64,
     pub handshakes_per_s: f64,
+    /// `wss://`: of `handshakes`, those whose TLS handshake resumed a
+    /// session (rustls `HandshakeKind::Resumed`), and the full ones.
+    #[serde(default)]
+    pub tls_resumed: u64,
+    #[serde(default)]
+    pub tls_full: u64,
+    /// `wss://`: negotiated TLS version and cipher suite.
+    #[serde(default)]
+    pub tls_session: Option<String>,
     /// From connect (open loop: from the intended start) to a validated 101.
     pub latency_us: Percentiles,
     pub percentile_curve: Vec<(f64, f64)>,
@@ -83,7 +97,7 @@ pub fn from_args(a: crate::cli::ConnectArgs) -> anyhow::Result<ConnectOpts> {
     }
     let c = a.client;
     Ok(ConnectOpts {
-        target: Target::parse(&a.url)?,
+        target: c.target(&a.url, a.tls_resume)?,
         rate: a.rate,
         concurrency: a.concurrency.max(1),
         duration: a.duration,
@@ -92,6 +106,7 @@ pub fn from_args(a: crate::cli::ConnectArgs) -> anyhow::Result<ConnectOpts> {
         pin: !c.no_pin,
         timeout: c.timeout,
         sources: c.sources()?,
+        tls_resume: a.tls_resume,
         watch: c.watched()?,
         json: c.json,
         plot: c.plot,
@@ -164,6 +179,7 @@ pub fn run(o: ConnectOpts) -> anyhow::Result<ConnectReport> {
             workers: o.workers,
             timeout_s: o.timeout.as_secs_f64(),
             source_ips: o.sources.len(),
+            tls_resume: o.tls_resume,
         },
         machine: Machine::describe(),
         measured_s: secs,
@@ -173,6 +189,9 @@ pub fn run(o: ConnectOpts) -> anyhow::Result<ConnectReport> {
         } else {
             0.0
         },
+        tls_resumed: tally.tls_resumed,
+        tls_full: tally.tls_full,
+        tls_session: tally.tls_session.clone(),
         latency_us: Percentiles::of(&tally.latency),
         percentile_curve: percentile_curve(&tally.latency),
         errors_total: tally.errors_total(),
@@ -190,6 +209,18 @@ pub fn run(o: ConnectOpts) -> anyhow::Result<ConnectReport> {
         "  handshakes             {} ({:.0}/s, each: connect, upgrade, close)",
         r.handshakes, r.handshakes_per_s
     );
+    if let Some(tls) = &r.tls_session {
+        println!(
+            "  tls                    {tls}: {} resumed, {} full handshakes{}",
+            r.tls_resumed,
+            r.tls_full,
+            if r.params.tls_resume {
+                " (--tls-resume)"
+            } else {
+                " (resumption off)"
+            }
+        );
+    }
     report::print_latency("upgrade latency", &r.latency_us);
     report::print_errors(&r.errors);
     println!(
@@ -310,6 +341,10 @@ impl Worker {
                 }
             };
         let upgraded = Instant::now();
+        let resumed = stream.tls_resumed();
+        if self.tally.borrow().tls_session.is_none() {
+            self.tally.borrow_mut().tls_session = stream.tls_session();
+        }
         Progress::add(&self.progress.open, 1);
         let res = monoio::time::timeout(self.o.timeout, close(stream, leftover, &mut rng)).await;
         Progress::sub(&self.progress.open, 1);
@@ -323,6 +358,11 @@ impl Worker {
                     let mut t = self.tally.borrow_mut();
                     t.done += 1;
                     t.handshakes += 1;
+                    match resumed {
+                        Some(true) => t.tls_resumed += 1,
+                        Some(false) => t.tls_full += 1,
+                        None => {}
+                    }
                     Tally::record(&mut t.latency, upgraded - t0);
                 }
             }
@@ -331,7 +371,7 @@ impl Worker {
 }
 
 /// Sends a close, expects it echoed and the TCP connection closed.
-async fn close(mut stream: TcpStream, mut buf: Vec<u8>, rng: &mut KeyGen) -> Result<(), ErrKind> {
+async fn close(mut stream: Stream, mut buf: Vec<u8>, rng: &mut KeyGen) -> Result<(), ErrKind> {
     let mut out = Vec::with_capacity(16);
     client::push_frame(&mut out, Opcode::Close, &1000u16.to_be_bytes(), rng);
     let (res, _) = stream.write_all(out).await;
@@ -353,7 +393,7 @@ async fn close(mut stream: TcpStream, mut buf: Vec<u8>, rng: &mut KeyGen) -> Res
         if buf.capacity() - buf.len() < 512 {
             buf.reserve(4096);
         }
-        let (res, b) = net::read_more(&mut stream, buf).await;
+        let (res, b) = stream.read_more(buf).await;
         buf = b;
         match res {
             Ok(0) if got_close => return Ok(()),

@@ -8,14 +8,16 @@
 //! with 1009.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use monoio::io::AsyncWriteRentExt;
+use anyhow::Context;
 use monoio::net::TcpStream;
 
 use crate::frame::{self, Opcode};
 use crate::handshake::{self, Request};
 use crate::mask::extend_masked;
 use crate::net;
+use crate::stream::Stream;
 
 /// Options of `wsload echo`.
 #[derive(Debug, Clone)]
@@ -26,14 +28,22 @@ pub struct EchoOpts {
     /// Flip a byte in every Nth echoed message (tests that corruption is caught).
     pub corrupt_every: u64,
     pub max_message: usize,
+    /// `--tls-cert`/`--tls-key`: serve wss://.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 const MIN_CHUNK: usize = 4 * 1024;
 const MAX_CHUNK: usize = 256 * 1024;
 
 impl EchoOpts {
-    pub fn from_args(a: crate::cli::EchoArgs) -> Self {
-        Self {
+    pub fn from_args(a: crate::cli::EchoArgs) -> anyhow::Result<Self> {
+        let tls = match (&a.tls_cert, &a.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(crate::tls::server_config(cert, key).context("--tls-cert/--tls-key")?)
+            }
+            _ => None,
+        };
+        Ok(Self {
             listen: a.listen,
             workers: a
                 .workers
@@ -41,7 +51,8 @@ impl EchoOpts {
             pin: !a.no_pin,
             corrupt_every: a.corrupt_every,
             max_message: a.max_message,
-        }
+            tls,
+        })
     }
 }
 
@@ -51,8 +62,9 @@ pub fn serve(opts: EchoOpts) -> anyhow::Result<()> {
     // Bind once here so that a bad address fails before workers start.
     drop(std::net::TcpListener::bind(opts.listen).ok());
     eprintln!(
-        "wsload echo: listening on {} (workers {}, {})",
+        "wsload echo: listening on {}{} (workers {}, {})",
         opts.listen,
+        if opts.tls.is_some() { ", TLS" } else { "" },
         opts.workers,
         if net::uring() { "io_uring" } else { "epoll" }
     );
@@ -100,12 +112,16 @@ enum Next {
     Close,
 }
 
-async fn connection(mut s: TcpStream, o: &EchoOpts) -> std::io::Result<()> {
+async fn connection(s: TcpStream, o: &EchoOpts) -> std::io::Result<()> {
     s.set_nodelay(true)?;
+    let mut s = match &o.tls {
+        None => Stream::Plain(s),
+        Some(config) => Stream::tls(crate::tls::accept(s, config.clone()).await?),
+    };
     let mut rbuf: Vec<u8> = Vec::with_capacity(4096);
     // The upgrade.
     loop {
-        let (res, b) = net::read_more(&mut s, rbuf).await;
+        let (res, b) = s.read_more(rbuf).await;
         rbuf = b;
         if res? == 0 {
             return Ok(());
@@ -118,6 +134,7 @@ async fn connection(mut s: TcpStream, o: &EchoOpts) -> std::io::Result<()> {
             }
             Some(Request::Reject(r)) => {
                 let _ = s.write_all(r).await;
+                s.close_notify().await;
                 return Ok(());
             }
             Some(Request::Upgrade { head_len, response }) => {
@@ -150,6 +167,7 @@ async fn connection(mut s: TcpStream, o: &EchoOpts) -> std::io::Result<()> {
             out.clear();
         }
         if next == Next::Close {
+            s.close_notify().await;
             return Ok(());
         }
         let want = need.max(rbuf.len() + chunk);
@@ -157,13 +175,14 @@ async fn connection(mut s: TcpStream, o: &EchoOpts) -> std::io::Result<()> {
             rbuf.reserve(want - rbuf.len());
         }
         let room = rbuf.capacity() - rbuf.len();
-        let (res, b) = net::read_more(&mut s, rbuf).await;
+        let (res, b) = s.read_more(rbuf).await;
         rbuf = b;
         let n = res?;
         if n == 0 {
             return Ok(());
         }
-        if n == room {
+        // (TLS reads may hand over more than the room there was.)
+        if n >= room {
             chunk = (chunk * 2).min(MAX_CHUNK);
         }
         // Give back memory a large message left behind.

@@ -11,8 +11,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use monoio::io::AsyncWriteRentExt;
-use monoio::net::TcpStream;
 use serde::{Deserialize, Serialize};
 
 use crate::client;
@@ -21,6 +19,7 @@ use crate::mask::KeyGen;
 use crate::net::{self, Target};
 use crate::report::{self, Machine};
 use crate::stats::{ErrKind, Progress, Tally};
+use crate::stream::Stream;
 use crate::sync::Gate;
 use crate::sys;
 
@@ -70,7 +69,7 @@ pub struct IdleReport {
 pub fn from_args(a: crate::cli::IdleArgs) -> anyhow::Result<IdleOpts> {
     let c = a.client;
     Ok(IdleOpts {
-        target: Target::parse(&a.url)?,
+        target: c.target(&a.url, false)?,
         connections: a.connections,
         duration: a.duration,
         ready_file: a.ready_file,
@@ -243,7 +242,7 @@ async fn worker(
 }
 
 /// Holds a connection, answering pings, until the server ends it.
-async fn hold(mut stream: TcpStream, mut buf: Vec<u8>, rng: &mut KeyGen) -> ErrKind {
+async fn hold(mut stream: Stream, mut buf: Vec<u8>, rng: &mut KeyGen) -> ErrKind {
     buf.reserve(256);
     loop {
         let mut pos = 0;
@@ -278,7 +277,7 @@ async fn hold(mut stream: TcpStream, mut buf: Vec<u8>, rng: &mut KeyGen) -> ErrK
                 return ErrKind::Io;
             }
         }
-        let (res, b) = net::read_more(&mut stream, buf).await;
+        let (res, b) = stream.read_more(buf).await;
         buf = b;
         match res {
             Ok(0) => return ErrKind::Close(1006),

@@ -16,8 +16,10 @@ mod payload;
 mod report;
 mod run;
 mod stats;
+mod stream;
 mod sync;
 mod sys;
+mod tls;
 
 use clap::Parser;
 
@@ -35,7 +37,7 @@ fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse_from(args);
     let result = match cli.command {
         cli::Command::Run(a) => run::from_args(a).and_then(run::run).map(|_| ()),
-        cli::Command::Echo(a) => echo::serve(echo::EchoOpts::from_args(a)),
+        cli::Command::Echo(a) => echo::EchoOpts::from_args(a).and_then(echo::serve),
         cli::Command::Connect(a) => connect::from_args(a).and_then(connect::run).map(|_| ()),
         cli::Command::Idle(a) => idle::from_args(a).and_then(idle::run).map(|_| ()),
         cli::Command::Compare(a) => compare::run(a),

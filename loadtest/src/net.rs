@@ -12,7 +12,7 @@ use monoio::buf::SliceMut;
 use monoio::io::AsyncReadRent;
 use monoio::net::{ListenerOpts, TcpListener, TcpStream};
 
-/// A `ws://host:port/path` target, resolved once.
+/// A `ws://` or `wss://` `host:port/path` target, resolved once.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub addr: SocketAddr,
@@ -20,16 +20,29 @@ pub struct Target {
     pub host: String,
     pub path: String,
     pub url: String,
+    /// `wss://`: the TLS client configuration and the server name (SNI and
+    /// the name the certificate must hold: the URL's host).
+    pub tls: Option<TlsTarget>,
+}
+
+/// How to dial TLS to a target.
+#[derive(Debug, Clone)]
+pub struct TlsTarget {
+    pub config: Arc<rustls::ClientConfig>,
+    pub name: rustls::pki_types::ServerName<'static>,
 }
 
 impl Target {
-    pub fn parse(url: &str) -> anyhow::Result<Self> {
-        let rest = if let Some(r) = url.strip_prefix("ws://") {
-            r
-        } else if url.starts_with("wss://") {
-            bail!("wss:// is not supported (wsload speaks plain ws://)");
+    /// Parses the URL; `wss://` needs `tls` (how to verify the server).
+    /// A host name that resolves to several addresses is dialled at its
+    /// first IPv4 one (what `--source-ips` can reach), else its first.
+    pub fn parse(url: &str, tls: Option<&crate::tls::ClientTls>) -> anyhow::Result<Self> {
+        let (secure, rest) = if let Some(r) = url.strip_prefix("ws://") {
+            (false, r)
+        } else if let Some(r) = url.strip_prefix("wss://") {
+            (true, r)
         } else {
-            url
+            (false, url)
         };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -38,24 +51,49 @@ impl Target {
         if authority.is_empty() {
             bail!("no host in {url:?}");
         }
-        let with_port = if authority
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        {
+        let has_port = authority.rsplit_once(':').is_some_and(|(h, p)| {
+            p.parse::<u16>().is_ok() && (!h.starts_with('[') || h.ends_with(']'))
+        });
+        let with_port = if has_port {
             authority.to_string()
         } else {
-            format!("{authority}:80")
+            format!("{authority}:{}", if secure { 443 } else { 80 })
         };
-        let addr = with_port
+        let addrs: Vec<SocketAddr> = with_port
             .to_socket_addrs()
             .with_context(|| format!("resolving {with_port}"))?
-            .next()
+            .collect();
+        let addr = addrs
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or(addrs.first())
+            .copied()
             .with_context(|| format!("no address for {with_port}"))?;
+        let tls = if secure {
+            let opts = tls.context("wss:// without TLS options")?;
+            let host = with_port
+                .rsplit_once(':')
+                .map_or(with_port.as_str(), |(h, _)| h)
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                .with_context(|| format!("{host:?} is not a valid TLS server name"))?;
+            Some(TlsTarget {
+                config: crate::tls::client_config(opts)?,
+                name,
+            })
+        } else {
+            if tls.is_some_and(|t| t.ca.is_some() || t.insecure || t.resume) {
+                bail!("--ca, --insecure and --tls-resume are for wss:// URLs");
+            }
+            None
+        };
         Ok(Self {
             addr,
             host: authority.to_string(),
             path: path.to_string(),
-            url: format!("ws://{authority}{path}"),
+            url: format!("{}://{authority}{path}", if secure { "wss" } else { "ws" }),
+            tls,
         })
     }
 }
@@ -210,13 +248,32 @@ mod tests {
 
     #[test]
     fn parses_targets() {
-        let t = Target::parse("ws://127.0.0.1:9001/echo").unwrap();
+        let t = Target::parse("ws://127.0.0.1:9001/echo", None).unwrap();
         assert_eq!(t.addr, "127.0.0.1:9001".parse().unwrap());
         assert_eq!(t.path, "/echo");
         assert_eq!(t.host, "127.0.0.1:9001");
-        let t = Target::parse("127.0.0.1:80").unwrap();
+        assert!(t.tls.is_none());
+        let t = Target::parse("127.0.0.1:80", None).unwrap();
         assert_eq!(t.path, "/");
-        assert!(Target::parse("wss://x:1/").is_err());
+        let insecure = crate::tls::ClientTls {
+            insecure: true,
+            ..Default::default()
+        };
+        let t = Target::parse("wss://localhost/x", Some(&insecure)).unwrap();
+        assert_eq!(t.addr, "127.0.0.1:443".parse().unwrap());
+        assert_eq!(t.url, "wss://localhost/x");
+        assert_eq!(
+            t.tls.unwrap().name,
+            rustls::pki_types::ServerName::try_from("localhost").unwrap()
+        );
+        let t = Target::parse("wss://[::1]:8443/", Some(&insecure)).unwrap();
+        assert_eq!(t.addr, "[::1]:8443".parse().unwrap());
+        assert_eq!(t.host, "[::1]:8443");
+        assert!(matches!(
+            t.tls.unwrap().name,
+            rustls::pki_types::ServerName::IpAddress(_)
+        ));
+        assert!(Target::parse("ws://127.0.0.1:1/", Some(&insecure)).is_err());
     }
 
     #[test]

@@ -11,15 +11,12 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use monoio::buf::IoBuf;
-use monoio::io::{AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
-use monoio::net::TcpStream;
 use serde::{Deserialize, Serialize};
 
 use crate::client::{self, ServerFrame};
@@ -29,6 +26,7 @@ use crate::net::{self, Target};
 use crate::payload::{Mismatch, Pattern};
 use crate::report::{self, Machine, Watched};
 use crate::stats::{ErrKind, Percentiles, Progress, Tally, percentile_curve};
+use crate::stream::{ReadHalf, WriteHalf};
 use crate::sync::{Gate, Signal};
 use crate::sys;
 
@@ -143,6 +141,12 @@ pub struct RunReport {
     pub mb_per_s: f64,
     pub sent: u64,
     pub handshakes: u64,
+    /// `wss://`: negotiated TLS version and cipher suite.
+    #[serde(default)]
+    pub tls_session: Option<String>,
+    /// `wss://`: handshakes that resumed a TLS session.
+    #[serde(default)]
+    pub tls_resumed: u64,
     /// Round-trip latency; open loop: from the intended send time.
     pub latency_us: Percentiles,
     /// Open loop only: from the actual send time (not corrected).
@@ -186,7 +190,7 @@ pub fn from_args(a: crate::cli::RunArgs) -> anyhow::Result<RunOpts> {
     }
     let workers = c.worker_count(a.connections);
     Ok(RunOpts {
-        target: Target::parse(&a.url)?,
+        target: c.target(&a.url, false)?,
         connections: a.connections,
         sizes: Sizes::parse(&a.size)?,
         in_flight: a.in_flight,
@@ -281,6 +285,8 @@ pub fn run(o: RunOpts) -> anyhow::Result<RunReport> {
         mb_per_s: per(tally.bytes) / 1e6,
         sent: tally.sent,
         handshakes: tally.handshakes,
+        tls_session: tally.tls_session.clone(),
+        tls_resumed: tally.tls_resumed,
         latency_us: Percentiles::of(&tally.latency),
         latency_uncorrected_us: o.rate.map(|_| Percentiles::of(&tally.latency_raw)),
         percentile_curve: percentile_curve(&tally.latency),
@@ -321,6 +327,12 @@ fn print_run(r: &RunReport) {
         "  sent                   {} | handshakes {}",
         r.sent, r.handshakes
     );
+    if let Some(tls) = &r.tls_session {
+        println!(
+            "  tls                    {tls} ({} of {} handshakes resumed)",
+            r.tls_resumed, r.handshakes
+        );
+    }
     let corrected = if r.latency_uncorrected_us.is_some() {
         "latency (corrected)"
     } else {
@@ -520,10 +532,14 @@ async fn session(w: &Rc<Worker>, source: Option<IpAddr>, phase: f64) -> Result<(
         let _permit = w.gate.acquire().await;
         client::open(&w.o.target, source, &mut rng, w.o.timeout).await?
     };
-    w.tally.borrow_mut().handshakes += 1;
+    {
+        let mut t = w.tally.borrow_mut();
+        t.handshakes += 1;
+        t.note_tls(&stream);
+    }
     Progress::add(&w.progress.open, 1);
     let conn = Rc::new(Conn {
-        fd: stream.as_raw_fd(),
+        fd: stream.raw_fd(),
         alive: Cell::new(true),
         inflight: RefCell::new(VecDeque::new()),
         credits: Cell::new(w.o.in_flight),
@@ -550,9 +566,6 @@ async fn session(w: &Rc<Worker>, source: Option<IpAddr>, phase: f64) -> Result<(
     }
     read_res.and(write_res)
 }
-
-type ReadHalf = OwnedReadHalf<TcpStream>;
-type WriteHalf = OwnedWriteHalf<TcpStream>;
 
 async fn read_loop(
     w: &Worker,
@@ -637,7 +650,7 @@ async fn read_loop(
                 }
             }
         }
-        let (res, b) = net::read_more(&mut rd, buf).await;
+        let (res, b) = rd.read_more(buf).await;
         buf = b;
         match res {
             Ok(0) => return (Err(ErrKind::Close(1006)), rd),
@@ -723,13 +736,13 @@ async fn write_loop(
                 res
             } else {
                 // Control frames (before the first end) go with the first.
-                let mut res = Ok(0);
+                let mut res = Ok(());
                 let mut start = 0;
                 ends.pop();
                 ends.push(out.len());
                 for &end in &ends {
-                    let (r, slice) = wr.write_all(out.slice(start..end)).await;
-                    out = slice.into_inner();
+                    let (r, b) = wr.write_range(out, start..end).await;
+                    out = b;
                     start = end;
                     res = r;
                     if res.is_err() {

@@ -14,6 +14,8 @@ use serde::Serialize;
 pub enum ErrKind {
     /// TCP connect failed or timed out.
     Connect,
+    /// The TLS handshake failed (why, in short).
+    Tls(&'static str),
     /// The upgrade was answered with another status.
     HandshakeStatus(u16),
     /// 101, but the response was not a valid upgrade.
@@ -44,6 +46,7 @@ impl ErrKind {
     pub fn label(&self) -> String {
         match self {
             Self::Connect => "connect".into(),
+            Self::Tls(why) => format!("tls handshake ({why})"),
             Self::HandshakeStatus(s) => format!("handshake status {s}"),
             Self::HandshakeInvalid(what) => format!("handshake invalid ({what})"),
             Self::HandshakeTimeout => "handshake timeout".into(),
@@ -99,6 +102,12 @@ pub struct Tally {
     pub sent: u64,
     /// Successful handshakes (all).
     pub handshakes: u64,
+    /// `wss://`: TLS handshakes that resumed a session, and full ones
+    /// (counted where `done` is).
+    pub tls_resumed: u64,
+    pub tls_full: u64,
+    /// `wss://`: the negotiated version and cipher suite (of one connection).
+    pub tls_session: Option<String>,
     pub latency: Histogram<u64>,
     /// Open loop only: latency from the actual send instead of the intended.
     pub latency_raw: Histogram<u64>,
@@ -112,6 +121,9 @@ impl Default for Tally {
             bytes: 0,
             sent: 0,
             handshakes: 0,
+            tls_resumed: 0,
+            tls_full: 0,
+            tls_session: None,
             latency: new_histogram(),
             latency_raw: new_histogram(),
             errors: BTreeMap::new(),
@@ -122,6 +134,18 @@ impl Default for Tally {
 impl Tally {
     pub fn error(&mut self, kind: &ErrKind) {
         *self.errors.entry(kind.label()).or_default() += 1;
+    }
+
+    /// Counts a `wss://` connection's handshake as resumed or full.
+    pub fn note_tls(&mut self, s: &crate::stream::Stream) {
+        match s.tls_resumed() {
+            None => {}
+            Some(true) => self.tls_resumed += 1,
+            Some(false) => self.tls_full += 1,
+        }
+        if self.tls_session.is_none() {
+            self.tls_session = s.tls_session();
+        }
     }
 
     pub fn record(hist: &mut Histogram<u64>, d: Duration) {
@@ -135,6 +159,11 @@ impl Tally {
             total.bytes += p.bytes;
             total.sent += p.sent;
             total.handshakes += p.handshakes;
+            total.tls_resumed += p.tls_resumed;
+            total.tls_full += p.tls_full;
+            if total.tls_session.is_none() {
+                total.tls_session = p.tls_session;
+            }
             // Same bounds everywhere: adding cannot fail.
             let _ = total.latency.add(&p.latency);
             let _ = total.latency_raw.add(&p.latency_raw);

@@ -8,7 +8,15 @@
 //! window (by the `wsload run --watch` child). Results go to the terminal, to
 //! `docs/benchmarks.md` (its `## Proxy comparison (wsload)` section) and to
 //! SVG plots in `docs/img/`.
+//!
+//! `--tls` runs the same machinery over TLS: the proxies terminate TLS with
+//! one openssl-made certificate (see `certs`) in front of the same plain
+//! echo server, the scenarios are TLS handshakes (full and resumed), round
+//! trips and idle memory (`tls_plan`), and the results go to their own
+//! section, `## Proxy comparison over TLS (wsload)`. Each scenario names its
+//! certificate; a proxy is started once per certificate.
 
+mod certs;
 mod doc;
 mod proxy;
 
@@ -25,6 +33,8 @@ use serde::{Deserialize, Serialize};
 use crate::connect::ConnectReport;
 use crate::run::RunReport;
 use crate::sys;
+use certs::CertFiles;
+pub use certs::CertKind;
 pub use proxy::Contender;
 
 /// Options of `wsload compare`.
@@ -84,6 +94,18 @@ pub struct CompareArgs {
     /// Override the measured seconds per run.
     #[arg(long, value_parser = crate::cli::parse_duration)]
     pub duration: Option<Duration>,
+    /// Compare TLS termination instead: each proxy terminates TLS 1.3 (an
+    /// ECDSA P-256 certificate for localhost, made with openssl) in front of
+    /// the plain echo server; direct is the echo server terminating TLS
+    /// itself. Measures CPU per full and per resumed handshake (upgrade
+    /// included), per round trip at 64 B and 16 KiB, and memory per idle
+    /// connection. Writes the `## Proxy comparison over TLS (wsload)`
+    /// section.
+    #[arg(long)]
+    pub tls: bool,
+    /// With --tls: also measure the handshakes with an RSA 2048 certificate.
+    #[arg(long, requires = "tls")]
+    pub tls_rsa: bool,
 }
 
 /// What a scenario measures.
@@ -99,6 +121,9 @@ pub enum Kind {
     Rate { size: usize, conns: usize },
     /// Handshake churn.
     Churn,
+    /// TLS handshake churn (connect, TLS, upgrade, close): full handshakes,
+    /// or resumed ones (`--tls-resume`).
+    TlsChurn { resume: bool },
     /// Idle connections: RSS at `low` and at `high`.
     Idle { low: usize, high: usize },
 }
@@ -108,6 +133,9 @@ pub struct Scenario {
     pub key: String,
     pub label: String,
     pub kind: Kind,
+    /// Over TLS with this kind of certificate; `None`: plain ws.
+    #[serde(default)]
+    pub cert: Option<CertKind>,
 }
 
 fn size_label(n: usize) -> String {
@@ -135,6 +163,7 @@ fn plan(quick: bool) -> Vec<Scenario> {
                     conns: c,
                     in_flight: 1,
                 },
+                cert: None,
             });
         }
     }
@@ -146,6 +175,7 @@ fn plan(quick: bool) -> Vec<Scenario> {
             conns: 100,
             in_flight: 16,
         },
+        cert: None,
     });
     v.push(Scenario {
         key: "rate-64-100".into(),
@@ -154,18 +184,66 @@ fn plan(quick: bool) -> Vec<Scenario> {
             size: 64,
             conns: 100,
         },
+        cert: None,
     });
     v.push(Scenario {
         key: "churn".into(),
         label: "handshake churn".into(),
         kind: Kind::Churn,
+        cert: None,
     });
     let (low, high) = if quick { (1000, 3000) } else { (1000, 9000) };
     v.push(Scenario {
         key: "idle".into(),
         label: format!("idle {low} → {high}"),
         kind: Kind::Idle { low, high },
+        cert: None,
     });
+    v
+}
+
+/// The scenarios of `--tls`: full and resumed TLS 1.3 handshakes, round
+/// trips at 64 B and 16 KiB, idle memory, with an ECDSA P-256 certificate;
+/// with `rsa`, the handshakes again with an RSA 2048 one (the rest does not
+/// depend on the key).
+fn tls_plan(quick: bool, rsa: bool) -> Vec<Scenario> {
+    let mut v = Vec::new();
+    let mut kinds = vec![CertKind::Ecdsa];
+    if rsa {
+        kinds.push(CertKind::Rsa);
+    }
+    for kind in kinds {
+        for (resume, what) in [(false, "full"), (true, "resumed")] {
+            v.push(Scenario {
+                key: format!("tls-{what}-{}", kind.name()),
+                label: format!("{what} TLS 1.3 handshake, {}", kind.describe()),
+                kind: Kind::TlsChurn { resume },
+                cert: Some(kind),
+            });
+        }
+        if kind != CertKind::Ecdsa {
+            continue;
+        }
+        for size in [64, 16384] {
+            v.push(Scenario {
+                key: format!("tls-echo-{size}-100-1"),
+                label: format!("{} × 100 conns over TLS", size_label(size)),
+                kind: Kind::Echo {
+                    size,
+                    conns: 100,
+                    in_flight: 1,
+                },
+                cert: Some(kind),
+            });
+        }
+        let (low, high) = if quick { (1000, 3000) } else { (1000, 9000) };
+        v.push(Scenario {
+            key: "tls-idle".into(),
+            label: format!("idle over TLS {low} → {high}"),
+            kind: Kind::Idle { low, high },
+            cert: Some(kind),
+        });
+    }
     v
 }
 
@@ -207,6 +285,11 @@ pub struct Outcome {
     pub backlog_drops: u64,
     pub retransmits: u64,
     pub listen_drops: u64,
+    /// Over TLS: handshakes that resumed a session and full ones (churn),
+    /// and the negotiated version and cipher suite.
+    pub tls_resumed: u64,
+    pub tls_full: u64,
+    pub tls_session: Option<String>,
 }
 
 impl Outcome {
@@ -236,6 +319,9 @@ pub struct Comparison {
     pub warmup_s: f64,
     pub duration_s: f64,
     pub quick: bool,
+    /// The TLS comparison (`--tls`).
+    #[serde(default)]
+    pub tls: bool,
     pub contenders: Vec<(String, String, String)>,
     pub scenarios: Vec<Scenario>,
     pub outcomes: Vec<Outcome>,
@@ -390,8 +476,36 @@ impl Harness {
             errors: r.errors.clone(),
             curve: r.percentile_curve.clone(),
             rate: r.params.rate,
+            tls_session: r.tls_session.clone(),
             ..Outcome::default()
         }
+    }
+
+    /// Starts an echo server that terminates TLS itself (the direct
+    /// contender over TLS), on the load CPUs like the plain one.
+    fn tls_echo(&self, addr: SocketAddr, t: &CertFiles) -> anyhow::Result<Child> {
+        let mut cmd = self.wsload();
+        cmd.args([
+            "echo",
+            "--listen",
+            &addr.to_string(),
+            "--workers",
+            &self.load_n.to_string(),
+        ])
+        .arg("--tls-cert")
+        .arg(&t.cert)
+        .arg("--tls-key")
+        .arg(&t.key)
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(
+            self.dir.join(format!("echo-tls-{}.log", t.kind.name())),
+        )?));
+        let mut child = cmd.spawn().context("starting the TLS echo server")?;
+        if let Err(e) = wait_port(addr, &mut child) {
+            kill_wait(&mut child);
+            return Err(e.context("TLS echo server"));
+        }
+        Ok(child)
     }
 
     fn echo_run(
@@ -410,17 +524,21 @@ impl Harness {
         Ok(self.outcome_from_run(c, s, &r))
     }
 
+    /// Handshake churn, 16 loops back to back per worker (`extra`: the TLS
+    /// flags).
     fn churn(
         &mut self,
         c: Contender,
         s: &Scenario,
         url: &str,
         proxy_pid: Option<u32>,
+        extra: &[String],
     ) -> anyhow::Result<Outcome> {
         let mut cmd = self.wsload();
         cmd.arg("connect")
             .arg(url)
-            .args(["--max", "--concurrency", "16", "--source-ips"]);
+            .args(["--max", "--concurrency", "16", "--source-ips"])
+            .args(extra);
         self.common(&mut cmd, proxy_pid);
         let r: ConnectReport =
             self.child_json(cmd, &format!("{}-{}", c.name(), s.key), self.limit())?;
@@ -443,12 +561,17 @@ impl Harness {
             max: r.latency_us.max,
             errors: r.errors.clone(),
             curve: r.percentile_curve.clone(),
+            tls_resumed: r.tls_resumed,
+            tls_full: r.tls_full,
+            tls_session: r.tls_session.clone(),
             ..Outcome::default()
         })
     }
 
     /// Opens `low` idle connections, reads the RSS of `pid`, opens more up to
-    /// `high`, reads it again: the slope is the memory per connection.
+    /// `high`, reads it again: the slope is the memory per connection
+    /// (`extra`: the TLS flags).
+    #[allow(clippy::too_many_arguments)]
     fn idle(
         &mut self,
         c: Contender,
@@ -457,6 +580,7 @@ impl Harness {
         pid: u32,
         low: usize,
         high: usize,
+        extra: &[String],
     ) -> anyhow::Result<Outcome> {
         let mut children: Vec<Child> = Vec::new();
         let result = (|| -> anyhow::Result<Outcome> {
@@ -480,6 +604,7 @@ impl Harness {
                         "600s",
                     ])
                     .args(["--workers", &self.load_n.to_string()])
+                    .args(extra)
                     .arg("--ready-file")
                     .arg(&ready)
                     .stdout(Stdio::from(std::fs::File::create(&log)?))
@@ -613,6 +738,10 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
     let duration = a.duration.unwrap_or(duration);
     let mut bins = proxy::find_binaries(!a.no_install, &a.wsedge, &mut notes);
     bins.wsedge_before = a.wsedge_before.clone().filter(|p| p.is_file());
+    bins.wsedge_before_tls = bins
+        .wsedge_before
+        .as_deref()
+        .is_some_and(|p| proxy::takes_flag(p, "--tls-cert"));
     let dir = match &a.work_dir {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("wsload-compare-{}", std::process::id())),
@@ -638,8 +767,9 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
         },
     };
     println!(
-        "wsload compare{}: proxy on CPU {}, wsload + echo on CPU(s) {}, nice {}, warmup {:?}, measured {:?} per run; work dir {}",
+        "wsload compare{}{}: proxy on CPU {}, wsload + echo on CPU(s) {}, nice {}, warmup {:?}, measured {:?} per run; work dir {}",
         if a.quick { " --quick" } else { "" },
+        if a.tls { " --tls" } else { "" },
         h.proxy_cpu,
         h.load_cpus,
         a.nice,
@@ -647,6 +777,25 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
         duration,
         dir.display()
     );
+    let scenarios = if a.tls {
+        tls_plan(a.quick, a.tls_rsa)
+    } else {
+        plan(a.quick)
+    };
+    // Each certificate once, in the order the scenarios use them; a proxy
+    // is started once per certificate (`None`: plain ws).
+    let mut groups: Vec<Option<CertKind>> = Vec::new();
+    for s in &scenarios {
+        if !groups.contains(&s.cert) {
+            groups.push(s.cert);
+        }
+    }
+    // Made before any process starts: a failure leaves nothing behind.
+    let mut certs: Vec<CertFiles> = Vec::new();
+    for kind in groups.iter().flatten() {
+        certs.push(certs::generate(&dir.join("certs"), *kind)?);
+    }
+    let tls_backend = free_port()?;
     let mut echo = {
         let mut cmd = h.wsload();
         cmd.args([
@@ -676,135 +825,203 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
     let contenders: Vec<Contender> = Contender::ALL
         .into_iter()
         .filter(|c| wanted.contains(c) && proxy::available(*c, &bins))
+        .filter(
+            |&c| match proxy::tls_unavailable(c, &bins).filter(|_| a.tls) {
+                Some(why) => {
+                    notes.push(why.into());
+                    false
+                }
+                None => true,
+            },
+        )
         .collect();
-    let scenarios = plan(a.quick);
     let mut outcomes: Vec<Outcome> = Vec::new();
     let mut fixed_rate: Option<f64> = None;
     let mut profiles = Vec::new();
     let mut ran: Vec<Contender> = Vec::new();
     for &c in &contenders {
-        let running = if c == Contender::Direct {
-            None
-        } else {
-            match proxy::start(c, &bins, &dir, &h.proxy_cpu, nice, listen, backend) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    notes.push(format!("{}: {e:#}", c.name()));
-                    eprintln!("compare: {}: {e:#}", c.name());
-                    continue;
-                }
-            }
-        };
-        ran.push(c);
-        let addr = if c == Contender::Direct {
-            backend
-        } else {
-            listen
-        };
-        let url = format!("ws://{addr}/");
-        let pid = running.as_ref().map(|r| r.pid);
         println!("== {} ({})", c.name(), c.describe());
-        for s in &scenarios {
-            let net_before = sys::NetCounters::read();
-            let res = match s.kind {
-                Kind::Echo {
-                    size,
-                    conns,
-                    in_flight,
-                } => {
-                    let extra: Vec<String> = vec![
-                        "--connections".into(),
-                        conns.to_string(),
-                        "--size".into(),
-                        size.to_string(),
-                        "--in-flight".into(),
-                        in_flight.to_string(),
-                    ];
-                    h.echo_run(c, s, &url, pid, &extra)
-                }
-                Kind::Rate { size, conns } => {
-                    let rate = match fixed_rate {
-                        Some(r) => Some(r),
-                        None => {
-                            // Half of nginx's peak; the first contender's if
-                            // nginx is not in the run.
-                            let key = format!("echo-{size}-{conns}-1");
-                            let peak = outcomes
-                                .iter()
-                                .find(|o| {
-                                    o.contender == "nginx"
-                                        && o.scenario == key
-                                        && o.failed.is_none()
-                                })
-                                .or_else(|| {
-                                    outcomes
-                                        .iter()
-                                        .find(|o| o.scenario == key && o.failed.is_none())
-                                })
-                                .map(|o| o.per_s);
-                            fixed_rate = peak.map(|p| (p / 2.0 / 1000.0).round().max(1.0) * 1000.0);
-                            fixed_rate
-                        }
-                    };
-                    match rate {
-                        None => Err(anyhow::anyhow!(
-                            "no peak measured to derive the fixed rate from"
-                        )),
-                        Some(rate) => {
-                            let extra: Vec<String> = vec![
-                                "--connections".into(),
-                                conns.to_string(),
-                                "--size".into(),
-                                size.to_string(),
-                                "--rate".into(),
-                                format!("{rate}"),
-                            ];
-                            h.echo_run(c, s, &url, pid, &extra)
+        for (gi, group) in groups.iter().enumerate() {
+            let tls = group.and_then(|k| certs.iter().find(|f| f.kind == k));
+            // Direct over TLS: the echo server terminates TLS itself.
+            let mut direct_echo: Option<Child> = None;
+            let running = if c == Contender::Direct {
+                if let Some(t) = tls {
+                    match h.tls_echo(tls_backend, t) {
+                        Ok(e) => direct_echo = Some(e),
+                        Err(e) => {
+                            notes.push(format!("direct: {e:#}"));
+                            eprintln!("compare: direct: {e:#}");
+                            continue;
                         }
                     }
                 }
-                Kind::Churn => h.churn(c, s, &url, pid),
-                Kind::Idle { low, high } => {
-                    h.idle(c, s, &url, pid.unwrap_or(h.echo_pid), low, high)
+                None
+            } else {
+                match proxy::start(c, &bins, &dir, &h.proxy_cpu, nice, listen, backend, tls) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        notes.push(format!("{}: {e:#}", c.name()));
+                        eprintln!("compare: {}: {e:#}", c.name());
+                        continue;
+                    }
                 }
             };
-            let mut o = res.unwrap_or_else(|e| Outcome::failed(c, s, format!("{e:#}")));
-            let net = sys::NetCounters::read().since(net_before);
-            o.backlog_drops = net.backlog_drops;
-            o.retransmits = net.retransmits;
-            o.listen_drops = net.listen_drops;
-            print_outcome(s, &o);
-            outcomes.push(o);
-        }
-        // Profiles come from extra runs, so that perf's own cost is not in
-        // the figures above.
-        if let (Some(pid), true) = (pid, c.is_wsedge() && !a.no_profile && !a.quick) {
-            for size in [64usize, 16384] {
-                let data = dir.join(format!("perf-{}-{size}.data", c.name()));
-                let secs = (warmup + duration).as_secs_f64();
-                let Some(mut perf) = start_profile(pid, &data, secs) else {
-                    notes.push("perf is not available: no profile of wsedge".into());
-                    break;
-                };
-                let s = Scenario {
-                    key: format!("profile-{size}"),
-                    label: format!("{} × 100 conns", size_label(size)),
-                    kind: Kind::Echo {
-                        size,
-                        conns: 100,
-                        in_flight: 1,
-                    },
-                };
-                let extra: Vec<String> = ["--connections", "100", "--size", &size.to_string()]
-                    .map(String::from)
-                    .to_vec();
-                let _ = h.echo_run(c, &s, &url, Some(pid), &extra);
-                let _ = perf.wait();
-                profiles.push((c.name().to_string(), s.label, profile_report(&data)));
+            if !ran.contains(&c) {
+                ran.push(c);
             }
-        }
-        if let Some(r) = running {
-            r.stop();
+            let addr = match (c, tls) {
+                (Contender::Direct, None) => backend,
+                (Contender::Direct, Some(_)) => tls_backend,
+                _ => listen,
+            };
+            // wss://localhost:…: SNI and the certificate's name; wsload
+            // dials localhost's IPv4 address.
+            let url = match tls {
+                None => format!("ws://{addr}/"),
+                Some(_) => format!("wss://localhost:{}/", addr.port()),
+            };
+            let tls_args: Vec<String> = match tls {
+                None => Vec::new(),
+                Some(t) => vec![
+                    "--ca".into(),
+                    t.cert.display().to_string(),
+                    "--tls-version".into(),
+                    "1.3".into(),
+                ],
+            };
+            if let Some(t) = tls {
+                println!("   TLS, {} certificate", t.kind.describe());
+            }
+            let plain_echo_pid = h.echo_pid;
+            if let Some(e) = &direct_echo {
+                h.echo_pid = e.id();
+            }
+            let pid = running.as_ref().map(|r| r.pid);
+            for s in scenarios.iter().filter(|s| s.cert == *group) {
+                let net_before = sys::NetCounters::read();
+                let res = match s.kind {
+                    Kind::Echo {
+                        size,
+                        conns,
+                        in_flight,
+                    } => {
+                        let mut extra: Vec<String> = vec![
+                            "--connections".into(),
+                            conns.to_string(),
+                            "--size".into(),
+                            size.to_string(),
+                            "--in-flight".into(),
+                            in_flight.to_string(),
+                        ];
+                        extra.extend(tls_args.iter().cloned());
+                        h.echo_run(c, s, &url, pid, &extra)
+                    }
+                    Kind::Rate { size, conns } => {
+                        let rate = match fixed_rate {
+                            Some(r) => Some(r),
+                            None => {
+                                // Half of nginx's peak; the first contender's if
+                                // nginx is not in the run.
+                                let key = format!("echo-{size}-{conns}-1");
+                                let peak = outcomes
+                                    .iter()
+                                    .find(|o| {
+                                        o.contender == "nginx"
+                                            && o.scenario == key
+                                            && o.failed.is_none()
+                                    })
+                                    .or_else(|| {
+                                        outcomes
+                                            .iter()
+                                            .find(|o| o.scenario == key && o.failed.is_none())
+                                    })
+                                    .map(|o| o.per_s);
+                                fixed_rate =
+                                    peak.map(|p| (p / 2.0 / 1000.0).round().max(1.0) * 1000.0);
+                                fixed_rate
+                            }
+                        };
+                        match rate {
+                            None => Err(anyhow::anyhow!(
+                                "no peak measured to derive the fixed rate from"
+                            )),
+                            Some(rate) => {
+                                let mut extra: Vec<String> = vec![
+                                    "--connections".into(),
+                                    conns.to_string(),
+                                    "--size".into(),
+                                    size.to_string(),
+                                    "--rate".into(),
+                                    format!("{rate}"),
+                                ];
+                                extra.extend(tls_args.iter().cloned());
+                                h.echo_run(c, s, &url, pid, &extra)
+                            }
+                        }
+                    }
+                    Kind::Churn => h.churn(c, s, &url, pid, &tls_args),
+                    Kind::TlsChurn { resume } => {
+                        let mut extra = tls_args.clone();
+                        if resume {
+                            extra.push("--tls-resume".into());
+                        }
+                        h.churn(c, s, &url, pid, &extra)
+                    }
+                    Kind::Idle { low, high } => {
+                        h.idle(c, s, &url, pid.unwrap_or(h.echo_pid), low, high, &tls_args)
+                    }
+                };
+                let mut o = res.unwrap_or_else(|e| Outcome::failed(c, s, format!("{e:#}")));
+                let net = sys::NetCounters::read().since(net_before);
+                o.backlog_drops = net.backlog_drops;
+                o.retransmits = net.retransmits;
+                o.listen_drops = net.listen_drops;
+                print_outcome(s, &o);
+                outcomes.push(o);
+            }
+            // Profiles come from extra runs, so that perf's own cost is not in
+            // the figures above.
+            let profile = gi == 0 && c.is_wsedge() && !a.no_profile && !a.quick;
+            if let (Some(pid), true) = (pid, profile) {
+                for size in [64usize, 16384] {
+                    let data = dir.join(format!("perf-{}-{size}.data", c.name()));
+                    let secs = (warmup + duration).as_secs_f64();
+                    let Some(mut perf) = start_profile(pid, &data, secs) else {
+                        notes.push("perf is not available: no profile of wsedge".into());
+                        break;
+                    };
+                    let s = Scenario {
+                        key: format!("profile-{size}"),
+                        label: format!(
+                            "{} × 100 conns{}",
+                            size_label(size),
+                            if tls.is_some() { " over TLS" } else { "" }
+                        ),
+                        kind: Kind::Echo {
+                            size,
+                            conns: 100,
+                            in_flight: 1,
+                        },
+                        cert: *group,
+                    };
+                    let mut extra: Vec<String> =
+                        ["--connections", "100", "--size", &size.to_string()]
+                            .map(String::from)
+                            .to_vec();
+                    extra.extend(tls_args.iter().cloned());
+                    let _ = h.echo_run(c, &s, &url, Some(pid), &extra);
+                    let _ = perf.wait();
+                    profiles.push((c.name().to_string(), s.label, profile_report(&data)));
+                }
+            }
+            h.echo_pid = plain_echo_pid;
+            if let Some(r) = running {
+                r.stop();
+            }
+            if let Some(mut e) = direct_echo {
+                kill_wait(&mut e);
+            }
         }
     }
     kill_wait(&mut echo);
@@ -818,6 +1035,7 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
         warmup_s: warmup.as_secs_f64(),
         duration_s: duration.as_secs_f64(),
         quick: a.quick,
+        tls: a.tls,
         contenders: ran
             .iter()
             .map(|&c| {
@@ -843,11 +1061,17 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
 
 /// Prints the markdown and, unless `--no-doc`, writes it and the plots.
 fn publish(cmp: &Comparison, a: &CompareArgs) -> anyhow::Result<()> {
-    let md = doc::render(cmp, &a.img);
+    let (md, heading) = if cmp.tls {
+        (doc::render_tls(cmp), doc::TLS_HEADING)
+    } else {
+        (doc::render(cmp, &a.img), doc::HEADING)
+    };
     println!("\n{md}");
     if !a.no_doc {
-        doc::write_plots(cmp, &a.img)?;
-        doc::update_section(&a.doc, &md)?;
+        if !cmp.tls {
+            doc::write_plots(cmp, &a.img)?;
+        }
+        doc::update_section(&a.doc, heading, &md)?;
         println!("wrote {} and plots in {}", a.doc.display(), a.img.display());
     }
     Ok(())
@@ -867,6 +1091,13 @@ fn print_outcome(s: &Scenario, o: &Outcome) {
         errs += &format!(
             " | dropped: {} at the input backlog, {} SYNs; {} retransmits",
             o.backlog_drops, o.listen_drops, o.retransmits
+        );
+    }
+    if o.tls_resumed + o.tls_full > 0 {
+        errs += &format!(
+            " | {} of {} TLS handshakes resumed",
+            o.tls_resumed,
+            o.tls_resumed + o.tls_full
         );
     }
     match s.kind {
@@ -921,5 +1152,34 @@ mod tests {
         assert_eq!(p.len(), 8 + 4);
         assert!(p.iter().any(|s| s.key == "echo-262144-1000-1"));
         assert!(plan(true).len() < p.len());
+        assert!(p.iter().all(|s| s.cert.is_none()));
+    }
+
+    #[test]
+    fn tls_plan_has_handshakes_round_trips_and_idle() {
+        let p = tls_plan(false, false);
+        let keys: Vec<&str> = p.iter().map(|s| s.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "tls-full-ecdsa",
+                "tls-resumed-ecdsa",
+                "tls-echo-64-100-1",
+                "tls-echo-16384-100-1",
+                "tls-idle"
+            ]
+        );
+        assert!(p.iter().all(|s| s.cert == Some(CertKind::Ecdsa)));
+        let rsa = tls_plan(true, true);
+        assert_eq!(rsa.len(), p.len() + 2);
+        assert!(
+            rsa.iter()
+                .any(|s| s.key == "tls-full-rsa" && s.kind == Kind::TlsChurn { resume: false })
+        );
+        // Keys are unique: outcomes are found by contender and key.
+        let mut keys: Vec<&str> = rsa.iter().map(|s| s.key.as_str()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), rsa.len());
     }
 }

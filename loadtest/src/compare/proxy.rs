@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use super::certs::CertFiles;
+
 /// Every proxy gets the same timeouts (seconds).
 pub const CONNECT_TIMEOUT_S: u32 = 5;
 pub const IDLE_TIMEOUT_S: u32 = 60;
@@ -106,6 +108,17 @@ pub struct Binaries {
     pub haproxy: Option<PathBuf>,
     pub wsedge: Option<PathBuf>,
     pub wsedge_before: Option<PathBuf>,
+    /// Whether `wsedge` (and `--wsedge-before`) take `--tls-cert`.
+    pub wsedge_tls: bool,
+    pub wsedge_before_tls: bool,
+}
+
+/// Whether `bin --help` mentions `flag`.
+pub fn takes_flag(bin: &Path, flag: &str) -> bool {
+    Command::new(bin)
+        .arg("--help")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(flag))
 }
 
 fn which(name: &str) -> Option<PathBuf> {
@@ -178,11 +191,7 @@ pub fn find_binaries(install: bool, wsedge: &Path, notes: &mut Vec<String>) -> B
     let wsedge = &wsedge
         .canonicalize()
         .unwrap_or_else(|_| wsedge.to_path_buf());
-    let wsedge_ok = wsedge.is_file()
-        && Command::new(wsedge)
-            .arg("--help")
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--upstream"));
+    let wsedge_ok = wsedge.is_file() && takes_flag(wsedge, "--upstream");
     if !wsedge_ok {
         notes.push(format!(
             "wsedge and wsedge-tunnel skipped: {} is missing or does not take --upstream (run `cargo build --release` first)",
@@ -194,6 +203,8 @@ pub fn find_binaries(install: bool, wsedge: &Path, notes: &mut Vec<String>) -> B
         haproxy,
         wsedge: wsedge_ok.then(|| wsedge.to_path_buf()),
         wsedge_before: None,
+        wsedge_tls: wsedge_ok && takes_flag(wsedge, "--tls-cert"),
+        wsedge_before_tls: false,
     }
 }
 
@@ -229,6 +240,22 @@ pub fn version(c: Contender, bins: &Binaries) -> String {
     }
 }
 
+/// Whether `c` can terminate TLS here (`None`: yes; else why not).
+pub fn tls_unavailable(c: Contender, bins: &Binaries) -> Option<&'static str> {
+    match c {
+        Contender::Wsedge if !bins.wsedge_tls => {
+            Some("wsedge skipped over TLS: the binary does not take --tls-cert yet")
+        }
+        Contender::WsedgeBefore if !bins.wsedge_before_tls => {
+            Some("wsedge-before skipped over TLS: the binary does not take --tls-cert")
+        }
+        Contender::WsedgeTunnel => Some(
+            "wsedge-tunnel skipped over TLS: it is configured by file, and --tls-cert applies to --listen addresses",
+        ),
+        _ => None,
+    }
+}
+
 pub fn available(c: Contender, bins: &Binaries) -> bool {
     match c {
         Contender::Direct => true,
@@ -239,8 +266,27 @@ pub fn available(c: Contender, bins: &Binaries) -> bool {
     }
 }
 
-fn nginx_conf(dir: &Path, listen: SocketAddr, backend: SocketAddr, tuned: bool) -> String {
+fn nginx_conf(
+    dir: &Path,
+    listen: SocketAddr,
+    backend: SocketAddr,
+    tuned: bool,
+    tls: Option<&CertFiles>,
+) -> String {
     let d = dir.display();
+    // TLS: tickets and a shared session cache for resumption, TLS 1.2 and
+    // 1.3 (nginx's defaults otherwise: its cipher list, OpenSSL's groups).
+    let (ssl, tls_conf) = match tls {
+        Some(t) => (
+            " ssl",
+            format!(
+                "        ssl_certificate {};\n        ssl_certificate_key {};\n        ssl_protocols TLSv1.2 TLSv1.3;\n        ssl_session_tickets on;\n        ssl_session_cache shared:SSL:10m;\n",
+                t.cert.display(),
+                t.key.display()
+            ),
+        ),
+        None => ("", String::new()),
+    };
     // Upgraded connections are relayed through proxy_buffer_size in each
     // direction; proxy_buffers only has to be consistent with it.
     let buffer = if tuned {
@@ -269,8 +315,8 @@ http {{
         server {backend};
     }}
     server {{
-        listen {listen} backlog=4096;
-        location / {{
+        listen {listen}{ssl} backlog=4096;
+{tls_conf}        location / {{
             proxy_pass http://echo;
             proxy_http_version 1.1;
             proxy_set_header Upgrade $http_upgrade;
@@ -286,7 +332,21 @@ http {{
     )
 }
 
-fn haproxy_conf(listen: SocketAddr, backend: SocketAddr, tuned: bool) -> String {
+fn haproxy_conf(
+    listen: SocketAddr,
+    backend: SocketAddr,
+    tuned: bool,
+    tls: Option<&CertFiles>,
+) -> String {
+    // TLS: the certificate and key in one file; session tickets and the
+    // session cache are on by default.
+    let ssl = match tls {
+        Some(t) => format!(
+            " ssl crt {} alpn http/1.1 ssl-min-ver TLSv1.2 ssl-max-ver TLSv1.3",
+            t.combined.display()
+        ),
+        None => String::new(),
+    };
     let bufsize = if tuned {
         "    tune.bufsize 65536\n"
     } else {
@@ -309,7 +369,7 @@ defaults
     maxconn 9500
 
 frontend ws
-    bind {listen}
+    bind {listen}{ssl}
     default_backend echo
 
 backend echo
@@ -357,7 +417,10 @@ pub fn pinned(cpus: &str, nice: Option<i32>) -> Command {
     c
 }
 
-/// Starts `c` listening on `listen` in front of `backend`, pinned to `cpu`.
+/// Starts `c` listening on `listen` in front of `backend`, pinned to `cpu`;
+/// with `tls`, terminating TLS with that certificate (the backend stays
+/// plain `ws`).
+#[allow(clippy::too_many_arguments)]
 pub fn start(
     c: Contender,
     bins: &Binaries,
@@ -366,8 +429,12 @@ pub fn start(
     nice: Option<i32>,
     listen: SocketAddr,
     backend: SocketAddr,
+    tls: Option<&CertFiles>,
 ) -> anyhow::Result<Running> {
-    let dir = dir.join(c.name());
+    let dir = match tls {
+        None => dir.join(c.name()),
+        Some(t) => dir.join(format!("{}-tls-{}", c.name(), t.kind.name())),
+    };
     std::fs::create_dir_all(&dir)?;
     let log = dir.join("stderr.log");
     let mut cmd = pinned(cpu, nice);
@@ -377,7 +444,7 @@ pub fn start(
             let conf = dir.join("nginx.conf");
             std::fs::write(
                 &conf,
-                nginx_conf(&dir, listen, backend, c == Contender::NginxTuned),
+                nginx_conf(&dir, listen, backend, c == Contender::NginxTuned, tls),
             )?;
             let bin = bins.nginx.as_ref().context("nginx not found")?;
             cmd.arg(bin)
@@ -392,7 +459,7 @@ pub fn start(
             let conf = dir.join("haproxy.cfg");
             std::fs::write(
                 &conf,
-                haproxy_conf(listen, backend, c == Contender::HaproxyTuned),
+                haproxy_conf(listen, backend, c == Contender::HaproxyTuned, tls),
             )?;
             let bin = bins.haproxy.as_ref().context("haproxy not found")?;
             // -db: stay in the foreground.
@@ -413,8 +480,17 @@ pub fn start(
                 "--workers",
                 "1",
             ]);
+            if let Some(t) = tls {
+                cmd.arg("--tls-cert")
+                    .arg(&t.cert)
+                    .arg("--tls-key")
+                    .arg(&t.key);
+            }
         }
         Contender::WsedgeTunnel => {
+            if tls.is_some() {
+                bail!("wsedge-tunnel is not run over TLS");
+            }
             let conf = dir.join("wsedge.toml");
             std::fs::write(&conf, wsedge_tunnel_conf(listen, backend))?;
             let bin = bins.wsedge.as_ref().context("wsedge not found")?;
@@ -462,8 +538,8 @@ mod tests {
     fn configs_differ_only_where_tuned() {
         let (l, b) = addrs();
         let dir = Path::new("/tmp/x");
-        let shipped = nginx_conf(dir, l, b, false);
-        let tuned = nginx_conf(dir, l, b, true);
+        let shipped = nginx_conf(dir, l, b, false, None);
+        let tuned = nginx_conf(dir, l, b, true, None);
         assert!(!shipped.contains("proxy_buffer_size"));
         assert!(tuned.contains("proxy_buffer_size 64k;"));
         for c in [&shipped, &tuned] {
@@ -472,13 +548,43 @@ mod tests {
             assert!(c.contains("daemon off;"));
             assert!(c.contains("proxy_read_timeout 60s;"));
         }
-        let shipped = haproxy_conf(l, b, false);
-        let tuned = haproxy_conf(l, b, true);
+        assert!(!shipped.contains("ssl"));
+        let shipped = haproxy_conf(l, b, false, None);
+        let tuned = haproxy_conf(l, b, true, None);
         assert!(!shipped.contains("tune.bufsize"));
         assert!(tuned.contains("tune.bufsize 65536"));
         assert!(shipped.contains("nbthread 1") && shipped.contains("timeout tunnel 60s"));
+        assert!(!shipped.contains("ssl"));
         let t = wsedge_tunnel_conf(l, b);
         assert!(t.contains("relay = \"tunnel\"") && t.contains("servers = [\"127.0.0.1:9001\"]"));
+    }
+
+    #[test]
+    fn tls_configs_terminate_tls_in_front_of_the_plain_backend() {
+        let (l, b) = addrs();
+        let files = CertFiles {
+            kind: super::super::certs::CertKind::Ecdsa,
+            cert: "/c/cert.pem".into(),
+            key: "/c/key.pem".into(),
+            combined: "/c/both.pem".into(),
+        };
+        let n = nginx_conf(Path::new("/tmp/x"), l, b, false, Some(&files));
+        for line in [
+            "listen 127.0.0.1:8080 ssl backlog=4096;",
+            "ssl_certificate /c/cert.pem;",
+            "ssl_certificate_key /c/key.pem;",
+            "ssl_protocols TLSv1.2 TLSv1.3;",
+            "ssl_session_tickets on;",
+            "ssl_session_cache shared:SSL:10m;",
+            "proxy_pass http://echo;",
+        ] {
+            assert!(n.contains(line), "{line} missing from\n{n}");
+        }
+        let h = haproxy_conf(l, b, true, Some(&files));
+        assert!(h.contains(
+            "bind 127.0.0.1:8080 ssl crt /c/both.pem alpn http/1.1 ssl-min-ver TLSv1.2 ssl-max-ver TLSv1.3\n"
+        ));
+        assert!(h.contains("server echo1 127.0.0.1:9001\n"));
     }
 
     #[test]
