@@ -109,51 +109,42 @@ fn records(
     Records::new(version, s.tx, s.rx).ok_or(HandshakeError::Unsupported)
 }
 
-impl Side for UnbufferedServerConnection {
-    type Data = rustls::server::ServerConnectionData;
-    fn process<'c, 'i>(
-        &'c mut self,
-        incoming: &'i mut [u8],
-    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
-        self.process_tls_records(incoming)
-    }
-    fn common(&self) -> &CommonState {
-        self
-    }
-    fn finish(self) -> Result<TlsConn, HandshakeError> {
-        let version = self.protocol_version();
-        let (secrets, kernel) = self
-            .dangerous_into_kernel_connection()
-            .map_err(HandshakeError::Tls)?;
-        Ok(TlsConn::new(
-            records(version, secrets)?,
-            Kernel::Server(kernel),
-        ))
-    }
+/// The two sides differ only in their types and in which [`Kernel`]
+/// variant holds rustls's state.
+macro_rules! side {
+    ($conn:ty, $data:ty, $kernel:path) => {
+        impl Side for $conn {
+            type Data = $data;
+            fn process<'c, 'i>(
+                &'c mut self,
+                incoming: &'i mut [u8],
+            ) -> UnbufferedStatus<'c, 'i, Self::Data> {
+                self.process_tls_records(incoming)
+            }
+            fn common(&self) -> &CommonState {
+                self
+            }
+            fn finish(self) -> Result<TlsConn, HandshakeError> {
+                let version = self.protocol_version();
+                let (secrets, kernel) = self
+                    .dangerous_into_kernel_connection()
+                    .map_err(HandshakeError::Tls)?;
+                Ok(TlsConn::new(records(version, secrets)?, $kernel(kernel)))
+            }
+        }
+    };
 }
 
-impl Side for UnbufferedClientConnection {
-    type Data = rustls::client::ClientConnectionData;
-    fn process<'c, 'i>(
-        &'c mut self,
-        incoming: &'i mut [u8],
-    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
-        self.process_tls_records(incoming)
-    }
-    fn common(&self) -> &CommonState {
-        self
-    }
-    fn finish(self) -> Result<TlsConn, HandshakeError> {
-        let version = self.protocol_version();
-        let (secrets, kernel) = self
-            .dangerous_into_kernel_connection()
-            .map_err(HandshakeError::Tls)?;
-        Ok(TlsConn::new(
-            records(version, secrets)?,
-            Kernel::Client(kernel),
-        ))
-    }
-}
+side!(
+    UnbufferedServerConnection,
+    rustls::server::ServerConnectionData,
+    Kernel::Server
+);
+side!(
+    UnbufferedClientConnection,
+    rustls::client::ClientConnectionData,
+    Kernel::Client
+);
 
 /// Where a handshake stands after [`advance`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
