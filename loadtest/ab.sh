@@ -7,6 +7,9 @@
 # and on a VM that order alone can cost the second contender several percent.
 #
 # Usage: loadtest/ab.sh BEFORE_BIN AFTER_BIN [SIZE=64] [ROUNDS=12] [CONNS=100]
+# With TLS_CERT=FILE TLS_KEY=FILE in the environment the proxies terminate
+# TLS with that certificate (made for `localhost`) and wsload dials wss://,
+# verifying it against the same file.
 # Needs 2 CPUs (proxy on CPU 0, wsload and the echo server on CPU 1) and a
 # release build of wsload (target/release/wsload).
 set -euo pipefail
@@ -23,6 +26,14 @@ proxy_port=19100
 out=$(mktemp)
 results=$(mktemp)
 trap 'kill "$echo_pid" 2>/dev/null; rm -f "$out" "$results"' EXIT
+tls_args=()
+client_args=()
+url="ws://127.0.0.1:$proxy_port/"
+if [ -n "${TLS_CERT:-}" ]; then
+    tls_args=(--tls-cert "$TLS_CERT" --tls-key "${TLS_KEY:?TLS_KEY with TLS_CERT}")
+    client_args=(--ca "$TLS_CERT")
+    url="wss://localhost:$proxy_port/"
+fi
 
 taskset -c 1 nice -n -10 "$wsload" echo --listen "127.0.0.1:$echo_port" --workers 1 >/dev/null 2>&1 &
 echo_pid=$!
@@ -32,10 +43,10 @@ for i in $(seq 1 "$rounds"); do
         bin=$before
         [ "$which" = after ] && bin=$after
         taskset -c 0 nice -n -10 "$bin" --listen "127.0.0.1:$proxy_port" \
-            --upstream "127.0.0.1:$echo_port" --workers 1 >/dev/null 2>&1 &
+            --upstream "127.0.0.1:$echo_port" --workers 1 ${tls_args[@]+"${tls_args[@]}"} >/dev/null 2>&1 &
         pid=$!
         sleep 0.4
-        taskset -c 1 nice -n -10 "$wsload" run "ws://127.0.0.1:$proxy_port/" -c "$conns" -s "$size" \
+        taskset -c 1 nice -n -10 "$wsload" run "$url" ${client_args[@]+"${client_args[@]}"} -c "$conns" -s "$size" \
             -d 3s --warmup 1s --workers 1 --watch "proxy=$pid" >"$out" 2>&1
         us=$(awk '/cpu proxy/ {print $3}' "$out")
         echo "$which $us" | tee -a "$results"

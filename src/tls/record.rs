@@ -17,6 +17,7 @@ use std::fmt;
 
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use rustls::ConnectionTrafficSecrets;
+use zeroize::Zeroize;
 
 /// A record header: type, legacy version, length.
 pub const HEADER: usize = 5;
@@ -91,26 +92,82 @@ impl fmt::Display for RecordError {
 
 impl std::error::Error for RecordError {}
 
+/// The AEAD a direction uses.
+#[derive(Clone, Copy)]
+enum Alg {
+    Aes128Gcm,
+    Aes256Gcm,
+    Chacha20Poly1305,
+}
+
+impl Alg {
+    fn ring(self) -> &'static aead::Algorithm {
+        match self {
+            Alg::Aes128Gcm => &aead::AES_128_GCM,
+            Alg::Aes256Gcm => &aead::AES_256_GCM,
+            Alg::Chacha20Poly1305 => &aead::CHACHA20_POLY1305,
+        }
+    }
+}
+
 /// One direction's key, IV and sequence number.
+///
+/// The key is kept as its raw bytes and expanded (AES key schedule, GHASH
+/// table) for each record, on the stack: an expanded `ring` key is about
+/// 540 bytes, and holding one per direction was a third of an idle TLS
+/// connection's memory. Expanding costs a fraction of sealing even a
+/// 64-byte record (`benches/tls_record.rs`, figures in
+/// `docs/benchmarks.md`).
 struct Dir {
-    key: LessSafeKey,
+    alg: Alg,
+    key: [u8; 32],
     iv: [u8; aead::NONCE_LEN],
     seq: u64,
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        // Leave no key bytes behind in freed memory.
+        self.key.zeroize();
+    }
 }
 
 impl Dir {
     fn new(secrets: ConnectionTrafficSecrets, seq: u64) -> Option<(Dir, bool)> {
         let (alg, key, iv, gcm) = match &secrets {
-            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&aead::AES_128_GCM, key, iv, true),
-            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&aead::AES_256_GCM, key, iv, true),
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (Alg::Aes128Gcm, key, iv, true),
+            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (Alg::Aes256Gcm, key, iv, true),
             ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
-                (&aead::CHACHA20_POLY1305, key, iv, false)
+                (Alg::Chacha20Poly1305, key, iv, false)
             }
             _ => return None,
         };
-        let key = LessSafeKey::new(UnboundKey::new(alg, key.as_ref()).ok()?);
+        let key = key.as_ref();
+        if key.len() != alg.ring().key_len() {
+            return None;
+        }
+        let mut raw = [0u8; 32];
+        raw[..key.len()].copy_from_slice(key);
         let iv: [u8; aead::NONCE_LEN] = iv.as_ref().try_into().ok()?;
-        Some((Dir { key, iv, seq }, gcm))
+        Some((
+            Dir {
+                alg,
+                key: raw,
+                iv,
+                seq,
+            },
+            gcm,
+        ))
+    }
+
+    /// The expanded key, for one record.
+    #[inline]
+    fn key(&self) -> Result<LessSafeKey, RecordError> {
+        let alg = self.alg.ring();
+        UnboundKey::new(alg, &self.key[..alg.key_len()])
+            .map(LessSafeKey::new)
+            // The length was checked in `new`: this cannot fail.
+            .map_err(|_| RecordError::BadMac)
     }
 
     /// `iv` XOR the sequence number (TLS 1.3, and TLS 1.2's ChaCha20 and,
@@ -260,7 +317,7 @@ impl Records {
                 let (inner, tag) = rest.split_at_mut(p + 1);
                 let t = self
                     .tx
-                    .key
+                    .key()?
                     .seal_in_place_separate_tag(
                         Nonce::assume_unique_for_key(nonce),
                         Aad::from(&*head),
@@ -282,7 +339,7 @@ impl Records {
                 let aad = tls12_aad(self.tx.seq, typ, [3, 3], p);
                 let t = self
                     .tx
-                    .key
+                    .key()?
                     .seal_in_place_separate_tag(
                         Nonce::assume_unique_for_key(nonce),
                         Aad::from(aad),
@@ -323,7 +380,7 @@ impl Records {
                 }
                 let plain = self
                     .rx
-                    .key
+                    .key()?
                     .open_in_place(
                         Nonce::assume_unique_for_key(self.rx.nonce()),
                         Aad::from(&*head),
@@ -364,7 +421,7 @@ impl Records {
                 let aad = tls12_aad(self.rx.seq, outer, wire_version, len - skip - TAG);
                 let plain = self
                     .rx
-                    .key
+                    .key()?
                     .open_in_place(
                         Nonce::assume_unique_for_key(nonce),
                         Aad::from(aad),
