@@ -15,6 +15,9 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer};
 
 use crate::proto::handshake::Limits as HeadLimits;
+use crate::route::{
+    HostHeader, HostMatch, Matcher, PathMatch, PathRewrite, RequestView, ValueMatch,
+};
 use crate::tls::certs::CertFiles;
 use crate::tls::record::MAX_RECORD;
 use crate::tls::setup::{ClientAuth, ClientTls, MinVersion, ServerTls};
@@ -77,7 +80,8 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     /// Named groups of backend servers.
     pub upstreams: Vec<Upstream>,
-    /// Path prefix → upstream, longest prefix first.
+    /// Routes, in precedence order (see [`crate::route`]): the first that
+    /// matches a request is its route.
     pub routes: Vec<Route>,
     /// Timeouts.
     pub timeouts: Timeouts,
@@ -103,6 +107,9 @@ pub struct Upstream {
     pub name: String,
     /// The servers.
     pub servers: Vec<Server>,
+    /// Each server's `host:port` as written (by index into `servers`): the
+    /// `Host` sent with `host_header = "backend"`.
+    pub authorities: Vec<String>,
     /// TLS to the servers (`wss://` servers or `tls = true`).
     pub tls: Option<UpstreamTls>,
 }
@@ -135,11 +142,17 @@ impl fmt::Display for Server {
     }
 }
 
-/// A route: requests whose path starts with `path` go to `upstream`.
+/// A route: requests that match go to `upstream`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
-    /// The path prefix.
-    pub path: String,
+    /// Its conditions, as written, for logs (`host=a.example.com path=/chat`).
+    pub label: String,
+    /// What a request must look like.
+    pub matcher: Matcher,
+    /// The request target the backend receives.
+    pub rewrite: PathRewrite,
+    /// The `Host` the backend receives.
+    pub host_header: HostHeader,
     /// Index into [`Config::upstreams`].
     pub upstream: usize,
     /// How to relay.
@@ -292,6 +305,103 @@ fn parse_server(s: &str) -> Result<(Server, String, Option<bool>), String> {
     ))
 }
 
+/// A `servers` entry's `host:port` as written, for `host_header = "backend"`.
+fn authority_of(s: &str) -> String {
+    if s == BUILTIN_ECHO {
+        return "localhost".into();
+    }
+    let rest = s
+        .strip_prefix("wss://")
+        .or_else(|| s.strip_prefix("ws://"))
+        .unwrap_or(s);
+    rest.trim_end_matches('/').to_string()
+}
+
+/// A configuration error with the span of the key at fault, when known.
+type SpannedError = (Option<Range<usize>>, String);
+
+/// A route's conditions and its label.
+fn route_matcher(r: &FileRoute) -> Result<(Matcher, String), SpannedError> {
+    let mut label = Vec::new();
+    let host = match &r.host {
+        Some(h) => {
+            label.push(format!("host={}", h.get_ref()));
+            Some(HostMatch::parse(h.get_ref()).map_err(|m| (Some(h.span()), m))?)
+        }
+        None => None,
+    };
+    let path = match (&r.path, &r.path_exact) {
+        (Some(_), Some(e)) => {
+            return Err((
+                Some(e.span()),
+                "path and path_exact exclude each other".into(),
+            ));
+        }
+        (Some(p), None) => {
+            label.push(format!("path={}", p.get_ref()));
+            PathMatch::prefix(p.get_ref()).map_err(|m| (Some(p.span()), m))?
+        }
+        (None, Some(e)) => {
+            label.push(format!("path_exact={}", e.get_ref()));
+            PathMatch::exact(e.get_ref()).map_err(|m| (Some(e.span()), m))?
+        }
+        (None, None) => {
+            if host.is_none() && r.headers.is_none() && r.query.is_none() {
+                return Err((
+                    None,
+                    "a [[route]] needs a condition: path, path_exact, host, headers or query (path = \"/\" matches everything)".into(),
+                ));
+            }
+            PathMatch::prefix("/").map_err(|m| (None, m))?
+        }
+    };
+    let mut headers = Vec::new();
+    let no_span = || 0..0;
+    let headers_span = r.headers.as_ref().map_or_else(no_span, |h| h.span());
+    for (name, value) in r.headers.iter().flat_map(|h| h.get_ref()) {
+        if name.is_empty() || !name.bytes().all(is_tchar) {
+            return Err((
+                Some(headers_span.clone()),
+                format!("headers: {name:?} is not a header name"),
+            ));
+        }
+        if value.bytes().any(|b| b < b' ' && b != b'\t' || b == 0x7f) {
+            return Err((
+                Some(headers_span.clone()),
+                format!("headers: the value for {name:?} has control characters"),
+            ));
+        }
+        label.push(format!("header:{name}={value}"));
+        headers.push((name.to_ascii_lowercase(), ValueMatch::parse(value.trim())));
+    }
+    let mut query = Vec::new();
+    let query_span = r.query.as_ref().map_or_else(no_span, |q| q.span());
+    for (name, value) in r.query.iter().flat_map(|q| q.get_ref()) {
+        if name.is_empty() || name.contains(['&', '=', '#']) {
+            return Err((
+                Some(query_span.clone()),
+                format!("query: {name:?} is not a parameter name"),
+            ));
+        }
+        label.push(format!("query:{name}={value}"));
+        query.push((name.clone(), ValueMatch::parse(value)));
+    }
+    Ok((
+        Matcher {
+            host,
+            path,
+            headers,
+            query,
+        },
+        label.join(" "),
+    ))
+}
+
+/// An HTTP token character (RFC 9110 §5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 /// A configuration the file (or arguments) could not be turned into.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -384,7 +494,14 @@ struct FileUpstream {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileRoute {
-    path: toml::Spanned<String>,
+    host: Option<toml::Spanned<String>>,
+    path: Option<toml::Spanned<String>>,
+    path_exact: Option<toml::Spanned<String>>,
+    headers: Option<toml::Spanned<std::collections::BTreeMap<String, String>>>,
+    query: Option<toml::Spanned<std::collections::BTreeMap<String, String>>>,
+    strip_prefix: Option<toml::Spanned<String>>,
+    rewrite_prefix: Option<toml::Spanned<FileRewrite>>,
+    host_header: Option<toml::Spanned<String>>,
     upstream: toml::Spanned<String>,
     #[serde(default)]
     relay: RelayMode,
@@ -398,6 +515,13 @@ struct FileRoute {
     ping_interval: Secs,
     #[serde(default = "default_pong_timeout")]
     pong_timeout: Secs,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRewrite {
+    from: String,
+    to: String,
 }
 
 fn no_time() -> Secs {
@@ -597,12 +721,14 @@ impl Config {
             let mut servers = Vec::new();
             let mut hosts = Vec::new();
             let mut schemes = Vec::new();
+            let mut authorities = Vec::new();
             for s in &u.servers {
                 let (server, host, tls) =
                     parse_server(s.get_ref()).map_err(|m| err(Some(line_of(text, s.span())), m))?;
                 servers.push(server);
                 hosts.push(host);
                 schemes.push(tls);
+                authorities.push(authority_of(s.get_ref()));
             }
             let wss = schemes.iter().filter(|t| **t == Some(true)).count();
             if wss > 0 && schemes.contains(&Some(false)) {
@@ -663,6 +789,7 @@ impl Config {
             upstreams.push(Upstream {
                 name: u.name.clone(),
                 servers,
+                authorities,
                 tls,
             });
         }
@@ -676,12 +803,28 @@ impl Config {
         for r in &file.routes {
             let line = line_of(text, r.span());
             let r = r.get_ref();
-            if !r.path.get_ref().starts_with('/') {
-                return Err(err(
-                    Some(line_of(text, r.path.span())),
-                    format!("route path {:?} must start with '/'", r.path.get_ref()),
-                ));
-            }
+            let at = |span: Range<usize>| Some(line_of(text, span));
+            let (matcher, label) = route_matcher(r).map_err(|(span, m)| {
+                err(span.map_or(Some(line), |s| line_of(text, s).into()), m)
+            })?;
+            let rewrite = match (&r.strip_prefix, &r.rewrite_prefix) {
+                (Some(_), Some(w)) => {
+                    return Err(err(
+                        at(w.span()),
+                        "strip_prefix and rewrite_prefix exclude each other".into(),
+                    ));
+                }
+                (Some(p), None) => {
+                    PathRewrite::strip(p.get_ref()).map_err(|m| err(at(p.span()), m))?
+                }
+                (None, Some(w)) => PathRewrite::replace(&w.get_ref().from, &w.get_ref().to)
+                    .map_err(|m| err(at(w.span()), m))?,
+                (None, None) => PathRewrite::Keep,
+            };
+            let host_header = match &r.host_header {
+                Some(h) => HostHeader::parse(h.get_ref()).map_err(|m| err(at(h.span()), m))?,
+                None => HostHeader::Preserve,
+            };
             let upstream = upstreams
                 .iter()
                 .position(|u| &u.name == r.upstream.get_ref())
@@ -689,8 +832,7 @@ impl Config {
                     err(
                         Some(line_of(text, r.upstream.span())),
                         format!(
-                            "route {:?} names upstream {:?}, which is not defined",
-                            r.path.get_ref(),
+                            "route {label} names upstream {:?}, which is not defined",
                             r.upstream.get_ref()
                         ),
                     )
@@ -713,7 +855,10 @@ impl Config {
                 }
             }
             routes.push(Route {
-                path: r.path.get_ref().clone(),
+                label,
+                matcher,
+                rewrite,
+                host_header,
                 upstream,
                 relay: r.relay,
                 max_message_size: r.max_message_size.0,
@@ -723,7 +868,8 @@ impl Config {
                 pong_timeout: r.pong_timeout.0,
             });
         }
-        routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
+        // Stable: file order among equals.
+        routes.sort_by_key(|r| r.matcher.rank());
 
         let t = &file.timeouts;
         let timeouts = Timeouts {
@@ -928,6 +1074,7 @@ impl Config {
             c.upstreams = vec![Upstream {
                 name: "default".into(),
                 servers,
+                authorities: upstreams.iter().map(|s| authority_of(s)).collect(),
                 tls: wss.then(|| UpstreamTls {
                     client: ClientTls {
                         ca: upstream_ca.clone(),
@@ -946,9 +1093,13 @@ impl Config {
         Ok(c)
     }
 
-    /// The route for a request path: the longest matching prefix.
-    pub fn route(&self, path: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| path.starts_with(&r.path))
+    /// The route for a request: the first in precedence order whose
+    /// conditions hold, with its index in [`Config::routes`].
+    pub fn route(&self, req: &RequestView<'_, '_>) -> Option<(usize, &Route)> {
+        self.routes
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.matcher.matches(req))
     }
 
     /// Whether any upstream uses the built-in echo server.
@@ -963,12 +1114,202 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// The route a request with this target, Host and headers takes: its
+    /// upstream's name.
+    fn route_of(c: &Config, host: &str, target: &str, headers: &[(&str, &str)]) -> Option<String> {
+        let hs: Vec<httparse::Header<'_>> = headers
+            .iter()
+            .map(|(n, v)| httparse::Header {
+                name: n,
+                value: v.as_bytes(),
+            })
+            .collect();
+        let view = RequestView {
+            host,
+            target,
+            headers: &hs,
+        };
+        c.route(&view)
+            .map(|(_, r)| c.upstreams[r.upstream].name.clone())
+    }
+
+    fn with_upstreams(routes: &str) -> String {
+        let mut t = String::from("[[listener]]\naddress = \"127.0.0.1:1\"\n");
+        for n in ["a", "b", "c", "d", "e", "f"] {
+            t.push_str(&format!(
+                "[[upstream]]\nname = \"{n}\"\nservers = [\"127.0.0.1:2\"]\n"
+            ));
+        }
+        t + routes
+    }
+
+    #[test]
+    fn route_precedence_table() {
+        let text = with_upstreams(
+            r#"
+[[route]]
+path = "/"
+upstream = "a"
+[[route]]
+path = "/chat"
+upstream = "b"
+[[route]]
+path = "/chat"
+headers = { "X-Version" = "2" }
+upstream = "f"
+[[route]]
+host = "*.example.com"
+path = "/"
+upstream = "c"
+[[route]]
+host = "api.example.com"
+upstream = "d"
+[[route]]
+path_exact = "/chat/lobby"
+query = { room = "*" }
+upstream = "e"
+"#,
+        );
+        let c = Config::parse(&text, "x").unwrap();
+        type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case<'_>] = &[
+            ("h", "/", &[], "a"),
+            ("h", "/chatroom", &[], "a"),
+            ("h", "/chat", &[], "b"),
+            ("h", "/chat/x?y", &[], "b"),
+            // Equal rank, so file order: the header route is written after
+            // the plain one and never wins (the next test turns them round).
+            ("h", "/chat", &[("X-Version", "2")], "b"),
+            ("h", "/chat/lobby?room=1", &[], "e"),
+            ("h", "/chat/lobby", &[], "b"),
+            ("h", "/chat/lobby/x?room=1", &[], "b"),
+            ("x.example.com", "/chat", &[], "c"),
+            ("x.example.com:8443", "/", &[], "c"),
+            ("a.b.example.com", "/chat", &[], "b"),
+            ("API.example.com", "/chat", &[], "d"),
+            ("api.example.com:443", "/anything", &[], "d"),
+        ];
+        for (host, target, headers, want) in cases {
+            assert_eq!(
+                route_of(&c, host, target, headers).as_deref(),
+                Some(*want),
+                "{host} {target} {headers:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn header_route_first_in_file_wins_over_equal() {
+        let text = with_upstreams(
+            r#"
+[[route]]
+path = "/chat"
+headers = { "X-Version" = "2" }
+upstream = "f"
+[[route]]
+path = "/chat"
+upstream = "b"
+"#,
+        );
+        let c = Config::parse(&text, "x").unwrap();
+        assert_eq!(
+            route_of(&c, "h", "/chat", &[("x-version", "2")]).as_deref(),
+            Some("f")
+        );
+        assert_eq!(
+            route_of(&c, "h", "/chat", &[("x-version", "3")]).as_deref(),
+            Some("b")
+        );
+        assert_eq!(route_of(&c, "h", "/", &[]), None, "no match: 404");
+    }
+
+    #[test]
+    fn route_rewrites_and_host_header() {
+        let text = with_upstreams(
+            r#"
+[[route]]
+path = "/ws"
+strip_prefix = "/ws"
+host_header = "backend"
+upstream = "a"
+[[route]]
+path = "/v1"
+rewrite_prefix = { from = "/v1", to = "/api/v2" }
+host_header = "internal.example:9000"
+upstream = "b"
+"#,
+        );
+        let c = Config::parse(&text, "x").unwrap();
+        let (_, ws) = c
+            .route(&RequestView {
+                host: "h",
+                target: "/ws/x",
+                headers: &[],
+            })
+            .unwrap();
+        assert_eq!(ws.rewrite.apply("/ws/x?q"), "/x?q");
+        assert_eq!(
+            ws.host_header
+                .value("client", &c.upstreams[0].authorities[0]),
+            "127.0.0.1:2"
+        );
+        let v1 = c.routes.iter().find(|r| r.label == "path=/v1").unwrap();
+        assert_eq!(v1.rewrite.apply("/v1/a"), "/api/v2/a");
+        assert_eq!(v1.host_header.value("client", "s"), "internal.example:9000");
+    }
+
+    #[test]
+    fn route_errors_name_their_line() {
+        for (routes, line, needle) in [
+            ("[[route]]\nupstream = \"a\"\n", 1, "needs a condition"),
+            (
+                "[[route]]\npath = \"/\"\npath_exact = \"/x\"\nupstream = \"a\"\n",
+                3,
+                "exclude each other",
+            ),
+            (
+                "[[route]]\npath = \"x\"\nupstream = \"a\"\n",
+                2,
+                "must start with '/'",
+            ),
+            (
+                "[[route]]\nhost = \"a b\"\nupstream = \"a\"\n",
+                2,
+                "not a host name",
+            ),
+            (
+                "[[route]]\npath = \"/\"\nstrip_prefix = \"/a\"\nrewrite_prefix = { from = \"/a\", to = \"/\" }\nupstream = \"a\"\n",
+                4,
+                "exclude each other",
+            ),
+            (
+                "[[route]]\npath = \"/\"\nhost_header = \"a b\"\nupstream = \"a\"\n",
+                3,
+                "host_header",
+            ),
+            (
+                "[[route]]\npath = \"/\"\nheaders = { \"a b\" = \"1\" }\nupstream = \"a\"\n",
+                3,
+                "not a header name",
+            ),
+        ] {
+            let text = with_upstreams(routes);
+            let base = text.lines().count() - routes.lines().count();
+            let e = Config::parse(&text, "x.toml").unwrap_err();
+            assert_eq!(e.line, Some(base + line), "{routes}: {e}");
+            assert!(e.message.contains(needle), "{routes}: {e}");
+        }
+    }
+
     #[test]
     fn embedded_default_parses() {
         let c = Config::embedded_default();
         assert_eq!(c.listeners[0].address, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(c.upstreams[0].servers, vec![Server::BuiltinEcho]);
-        assert_eq!(c.route("/anything").unwrap().upstream, 0);
+        assert_eq!(
+            route_of(&c, "localhost", "/anything", &[]).as_deref(),
+            Some("echo")
+        );
         assert_eq!(c.io_driver, IoDriver::Auto);
     }
 
@@ -1051,9 +1392,9 @@ idle = "30s"
 buffer_size = "16KiB"
 "#;
         let c = Config::parse(text, "x").unwrap();
-        assert_eq!(c.route("/chat/x").unwrap().upstream, 1);
-        assert_eq!(c.route("/chat/x").unwrap().relay, RelayMode::Tunnel);
-        assert_eq!(c.route("/other").unwrap().upstream, 0);
+        assert_eq!(route_of(&c, "h", "/chat/x", &[]).as_deref(), Some("b"));
+        assert_eq!(c.routes[0].relay, RelayMode::Tunnel, "longest first");
+        assert_eq!(route_of(&c, "h", "/other", &[]).as_deref(), Some("a"));
         assert_eq!(c.timeouts.idle, Duration::from_secs(30));
         assert_eq!(c.limits.buffer_size, 16384);
     }

@@ -15,6 +15,7 @@ pub mod listener;
 pub mod pool;
 pub mod proto;
 pub mod relay;
+pub mod route;
 pub mod server;
 pub mod session;
 pub mod stats;

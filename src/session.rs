@@ -34,6 +34,7 @@ use crate::proto::handshake::{
     build_switching_response, parse_request, parse_response, simple_response,
 };
 use crate::relay::{Outcome, Relay, RelayConfig};
+use crate::route::RequestView;
 use crate::tls::{self, Established, TlsStream};
 use crate::transport::{self, Stream, Transport, into_poll};
 use crate::worker::WorkerCtx;
@@ -69,7 +70,7 @@ enum Step {
     AwaitingRequest,
     /// Reading the rest of the request head.
     ReadingRequestHead,
-    /// Choosing the route for the path.
+    /// Choosing the route for the request.
     Routing,
     /// Connecting to the upstream's servers.
     Connecting,
@@ -115,7 +116,7 @@ enum Cause {
     Rejected(Rejection),
     /// The backend's answer broke a rule.
     BadResponse(ResponseError),
-    /// No route matches the path.
+    /// No route matches the request (its target and Host).
     NoRoute(Box<str>),
     /// `limits.max_connections` open connections on this worker.
     Overloaded,
@@ -219,7 +220,7 @@ impl HandshakeError {
             Cause::BadResponse(e) => e.response(),
             _ => {
                 let body = match status {
-                    404 => "no route for this path",
+                    404 => "no route for this request",
                     408 => "request head timed out",
                     500 => "internal error",
                     503 => "too many connections",
@@ -612,12 +613,18 @@ async fn handshake(
 
     // 2. Route.
     let path = req.path().to_string();
-    let Some(route) = cfg.route(&path) else {
-        return Err(HandshakeError::proxy(Step::Routing, Cause::NoRoute(path.into())).into());
+    let view = RequestView {
+        host: req.host(),
+        target: req.path(),
+        headers: req.headers(),
+    };
+    let Some((route_index, route)) = cfg.route(&view) else {
+        let what = format!("{path} (host {:?})", req.host());
+        return Err(HandshakeError::proxy(Step::Routing, Cause::NoRoute(what.into())).into());
     };
 
     // 3. Backend connect (each server of the upstream once, round-robin start).
-    let (mut backend, server) = connect_upstream(ctx, route).await?;
+    let (mut backend, server, server_index) = connect_upstream(ctx, route).await?;
     let failed = |step, cause| HandshakeError::backend(server, step, cause);
 
     // 4. Backend handshake.
@@ -633,9 +640,14 @@ async fn handshake(
     let cert = tls
         .and_then(|t| t.peer_certs.first())
         .and_then(|der| tls::certs::subject_and_san(der));
+    let target = route.rewrite.apply(&path);
+    let host = route.host_header.value(
+        req.host(),
+        &cfg.upstreams[route.upstream].authorities[server_index],
+    );
     let opts = BackendRequest {
-        path: &path,
-        host: req.host(),
+        path: &target,
+        host,
         key,
         client_ip: peer.ip(),
         forwarded_proto: if tls.is_some() { "https" } else { "http" },
@@ -718,11 +730,7 @@ async fn handshake(
         compressed: extensions.is_some(),
         from_client: head[head_len..].to_vec(),
         from_backend: resp[resp_len..].to_vec(),
-        route: cfg
-            .routes
-            .iter()
-            .position(|r| std::ptr::eq(r, route))
-            .unwrap_or(0),
+        route: route_index,
         backend,
         server,
         path,
@@ -795,7 +803,7 @@ async fn relay_answer(
 async fn connect_upstream(
     ctx: &WorkerCtx,
     route: &Route,
-) -> Result<(Stream, Server), HandshakeError> {
+) -> Result<(Stream, Server, usize), HandshakeError> {
     let upstream = &ctx.config.upstreams[route.upstream];
     let n = upstream.servers.len();
     let start = ctx.next_rr(route.upstream);
@@ -828,7 +836,7 @@ async fn connect_upstream(
             };
         let error = match connected {
             Ok(s) => match secure(ctx, route.upstream, (start + i) % n, s).await {
-                Ok(s) => return Ok((s, server)),
+                Ok(s) => return Ok((s, server, (start + i) % n)),
                 // A backend whose certificate fails is not retried on the
                 // next server: the client hears why (502), the log says it.
                 Err(cause @ Cause::Tls(_)) => {

@@ -345,6 +345,12 @@ impl Backend {
         vec![self.addr.to_string()]
     }
 
+    /// The next connection the proxy made, if it makes one (no timeout:
+    /// wrap it in one).
+    pub async fn try_accept(&mut self) -> Option<Accepted> {
+        self.conns.recv().await
+    }
+
     /// The next connection the proxy made.
     pub async fn accept(&mut self) -> Accepted {
         within("the proxy to connect to the backend", self.conns.recv())
