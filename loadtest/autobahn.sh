@@ -4,9 +4,12 @@
 #   fuzzingclient ──► wsedge (127.0.0.1:9003) ──► Autobahn echo server (127.0.0.1:9002)
 #   fuzzingclient ──────────────────────────────► Autobahn echo server   ("direct", for comparison)
 #
-# Usage: loadtest/autobahn.sh [--full | --quick]
+# Usage: loadtest/autobahn.sh [--full | --quick] [--tls]
 #   --full   (default) sections 1-7, 9, 10 (12.*/13.* are permessage-deflate: out of scope)
 #   --quick  a few-seconds subset meant for CI (see loadtest/autobahn/cases.json)
+#   --tls    the fuzzingclient dials wss:// and wsedge terminates TLS (a
+#            certificate made with `openssl req` for the run; the echo server
+#            stays plain ws://, as "direct" does)
 #
 # Needs Python 2.7 (autobahntestsuite is Python 2 only; pyenv's 2.7.18 is
 # found automatically) and PyPI to create the virtualenv the first time. When
@@ -32,9 +35,11 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
 MODE=full
+TLS=0
 for arg in "$@"; do
     case "$arg" in
         --full) MODE=full ;;
+        --tls) TLS=1 ;;
         --quick) MODE=quick ;;
         -h | --help)
             sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
@@ -172,25 +177,39 @@ done
 PIDS+=($!)
 wait_port "$ECHO_PORT" "$!" echoserver
 
-WSEDGE_LOG=${WSEDGE_LOG:-info} "$BIN" --listen "127.0.0.1:$PROXY_PORT" --upstream "127.0.0.1:$ECHO_PORT" --workers 1 >"$OUT/wsedge.log" 2>&1 &
+TLS_ARGS=()
+SCHEME=ws
+RUN=$MODE
+if [[ $TLS == 1 ]]; then
+    command -v openssl >/dev/null || { log "error: --tls needs the openssl command" >&2; exit 1; }
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+        -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+        -addext basicConstraints=critical,CA:FALSE \
+        -keyout "$OUT/tls-key.pem" -out "$OUT/tls-cert.pem" >"$OUT/openssl.log" 2>&1 ||
+        { log "error: openssl req failed (see $OUT/openssl.log)" >&2; exit 1; }
+    TLS_ARGS=(--tls-cert "$OUT/tls-cert.pem" --tls-key "$OUT/tls-key.pem")
+    SCHEME=wss
+    RUN=$MODE-tls
+fi
+WSEDGE_LOG=${WSEDGE_LOG:-info} "$BIN" --listen "127.0.0.1:$PROXY_PORT" --upstream "127.0.0.1:$ECHO_PORT" --workers 1 "${TLS_ARGS[@]+"${TLS_ARGS[@]}"}" >"$OUT/wsedge.log" 2>&1 &
 WSEDGE_PID=$!
 PIDS+=("$WSEDGE_PID")
 wait_port "$PROXY_PORT" "$WSEDGE_PID" wsedge
 
 # ---------------------------------------------------------------- fuzzingclient
-REPORTS="$OUT/reports-$MODE"
-SPEC="$OUT/fuzzingclient-$MODE.json"
+REPORTS="$OUT/reports-$RUN"
+SPEC="$OUT/fuzzingclient-$RUN.json"
 rm -rf "$REPORTS"
-"$PY3" - "$CFG/cases.json" "$MODE" "$REPORTS" "$ECHO_PORT" "$PROXY_PORT" >"$SPEC" <<'EOF'
+"$PY3" - "$CFG/cases.json" "$MODE" "$REPORTS" "$ECHO_PORT" "$PROXY_PORT" "$SCHEME" >"$SPEC" <<'EOF'
 import json, sys
-cases_file, mode, outdir, echo_port, proxy_port = sys.argv[1:]
+cases_file, mode, outdir, echo_port, proxy_port, scheme = sys.argv[1:]
 with open(cases_file) as f:
     cases = json.load(f)[mode]
 json.dump({
     "outdir": outdir,
     "servers": [
         {"agent": "direct", "url": "ws://127.0.0.1:%s" % echo_port},
-        {"agent": "wsedge", "url": "ws://127.0.0.1:%s" % proxy_port},
+        {"agent": "wsedge", "url": "%s://127.0.0.1:%s" % (scheme, proxy_port)},
     ],
     "cases": cases,
     "exclude-cases": [],
@@ -198,13 +217,13 @@ json.dump({
 }, sys.stdout, indent=2)
 EOF
 
-log "fuzzingclient ($MODE): spec $SPEC, log $OUT/fuzzingclient-$MODE.log"
+log "fuzzingclient ($RUN): spec $SPEC, log $OUT/fuzzingclient-$RUN.log"
 START=$(date +%s)
 rc=0
-(cd "$OUT" && timeout "$TIMEOUT" "$VENV/bin/wstest" -m fuzzingclient -s "$SPEC") >"$OUT/fuzzingclient-$MODE.log" 2>&1 || rc=$?
+(cd "$OUT" && timeout "$TIMEOUT" "$VENV/bin/wstest" -m fuzzingclient -s "$SPEC") >"$OUT/fuzzingclient-$RUN.log" 2>&1 || rc=$?
 log "fuzzingclient finished in $(($(date +%s) - START)) s (exit $rc)"
 if [[ $rc -ne 0 ]]; then
-    tail -n 20 "$OUT/fuzzingclient-$MODE.log" >&2
+    tail -n 20 "$OUT/fuzzingclient-$RUN.log" >&2
     log "error: the fuzzingclient failed (exit $rc$([[ $rc == 124 ]] && echo ": timed out after $TIMEOUT s"))" >&2
     exit 1
 fi
@@ -219,4 +238,4 @@ fi
 log "report: $REPORTS/index.html"
 STRICT=()
 [[ ${AUTOBAHN_STRICT:-0} == 1 ]] && STRICT=(--strict)
-"$PY3" "$CFG/summarize.py" "$REPORTS" --check wsedge --reference direct --markdown "$OUT/summary-$MODE.md" "${STRICT[@]}"
+"$PY3" "$CFG/summarize.py" "$REPORTS" --check wsedge --reference direct --markdown "$OUT/summary-$RUN.md" "${STRICT[@]}"

@@ -283,6 +283,16 @@ impl TlsConn {
         Ok(())
     }
 
+    /// Queues records rustls sealed at the end of the handshake (a TLS 1.3
+    /// server's NewSessionTickets), to go out with the first data written
+    /// instead of in a send of their own. They were sealed before any record
+    /// of this layer (their sequence numbers come first), so they go ahead
+    /// of whatever is owed already.
+    pub(crate) fn owe_first(&mut self, mut records: Vec<u8>) {
+        records.extend_from_slice(&self.control);
+        self.control = records;
+    }
+
     /// Control records owed to the peer (written before any more data).
     pub fn has_control(&self) -> bool {
         !self.control.is_empty()

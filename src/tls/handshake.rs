@@ -86,6 +86,8 @@ pub struct Done {
 pub trait Side {
     /// rustls's per-side data.
     type Data;
+    /// wsedge is the server.
+    const SERVER: bool;
     /// Processes what is in `incoming`.
     fn process<'c, 'i>(
         &'c mut self,
@@ -112,9 +114,10 @@ fn records(
 /// The two sides differ only in their types and in which [`Kernel`]
 /// variant holds rustls's state.
 macro_rules! side {
-    ($conn:ty, $data:ty, $kernel:path) => {
+    ($conn:ty, $data:ty, $kernel:path, $server:expr) => {
         impl Side for $conn {
             type Data = $data;
+            const SERVER: bool = $server;
             fn process<'c, 'i>(
                 &'c mut self,
                 incoming: &'i mut [u8],
@@ -138,12 +141,14 @@ macro_rules! side {
 side!(
     UnbufferedServerConnection,
     rustls::server::ServerConnectionData,
-    Kernel::Server
+    Kernel::Server,
+    true
 );
 side!(
     UnbufferedClientConnection,
     rustls::client::ClientConnectionData,
-    Kernel::Client
+    Kernel::Client,
+    false
 );
 
 /// Where a handshake stands after [`advance`].
@@ -251,6 +256,16 @@ pub async fn drive<S: Side, T: Transport>(
     let mut early = Vec::new();
     loop {
         let step = advance(&mut conn, &mut incoming, &mut outgoing, &mut early);
+        // A TLS 1.3 server's last flight is only its session tickets (its
+        // Finished went out before the client's): they wait for the first
+        // data written (the 101), saving a send per handshake. Anything
+        // else is sent now: the peer waits for it.
+        if matches!(step, Ok(Step::Done))
+            && S::SERVER
+            && conn.common().protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3)
+        {
+            break;
+        }
         if !outgoing.is_empty() {
             let sent = transport::write_all(io, &outgoing).await;
             outgoing.clear();
@@ -289,8 +304,12 @@ pub async fn drive<S: Side, T: Transport>(
             .map(|c| c.iter().map(|c| c.to_vec()).collect())
             .unwrap_or_default(),
     };
+    let mut tls = conn.finish()?;
+    if !outgoing.is_empty() {
+        tls.owe_first(outgoing);
+    }
     Ok(Done {
-        conn: conn.finish()?,
+        conn: tls,
         info,
         early,
         leftover: incoming,
