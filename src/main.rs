@@ -81,12 +81,14 @@ fn main() -> ExitCode {
     }
     if let Some(path) = &args.check_config {
         // The file, then every certificate, key and CA it names.
-        let checked = Config::load(path)
-            .map_err(|e| e.to_string())
-            .and_then(|c| TlsSetup::build(&c).map_err(|e| format!("{}: {e}", path.display())));
+        let checked = Config::load(path).map_err(|e| e.to_string()).and_then(|c| {
+            let (_, warnings) =
+                TlsSetup::build(&c).map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok((c, warnings))
+        });
         return match checked {
-            Ok((_, warnings)) => {
-                for w in warnings {
+            Ok((config, warnings)) => {
+                for w in config.warnings().into_iter().chain(warnings) {
                     eprintln!("{}: warning: {w}", path.display());
                 }
                 println!("{}: ok", path.display());

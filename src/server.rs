@@ -128,7 +128,7 @@ impl Server {
         };
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let (tls, warnings) = TlsSetup::build(&config).map_err(StartError::Tls)?;
-        for w in warnings {
+        for w in config.warnings().into_iter().chain(warnings) {
             warn!("{w}");
         }
         let tls = Arc::new(tls);

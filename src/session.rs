@@ -643,7 +643,7 @@ async fn handshake(
     let target = route.rewrite.apply(&path);
     let host = route.host_header.value(
         req.host(),
-        &cfg.upstreams[route.upstream].authorities[server_index],
+        &cfg.upstreams[route.upstream].servers[server_index].authority,
     );
     let opts = BackendRequest {
         path: &target,
@@ -809,7 +809,7 @@ async fn connect_upstream(
     let start = ctx.next_rr(route.upstream);
     let mut failure: Option<HandshakeError> = None;
     for i in 0..n {
-        let server = upstream.servers[(start + i) % n];
+        let server = upstream.servers[(start + i) % n].addr;
         let addr = match server {
             Server::Addr(a) => a,
             Server::BuiltinEcho => match ctx.echo_addr {
@@ -874,10 +874,10 @@ async fn secure(
     let t = ctx.config.upstreams[upstream].tls.as_ref();
     let host = t
         .and_then(|t| {
-            t.client
-                .sni
-                .as_deref()
-                .or(t.hosts.get(server).map(String::as_str))
+            t.client.sni.as_deref().or(ctx.config.upstreams[upstream]
+                .servers
+                .get(server)
+                .map(|s| s.host.as_str()))
         })
         .unwrap_or_default();
     let name = tls::setup::server_name(host).map_err(|e| Cause::Tls(e.to_string().into()))?;

@@ -287,7 +287,7 @@ impl TlsSetup {
                     u.name
                 ));
             }
-            for h in &t.hosts {
+            for h in u.entries.iter().map(|e| &e.host) {
                 server_name(t.client.sni.as_deref().unwrap_or(h))
                     .map_err(|e| format!("upstream {:?}: {e}", u.name))?;
             }

@@ -6,7 +6,7 @@
 //! `docs/configuration.md`.
 
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,10 +20,17 @@ use crate::route::{
 };
 use crate::tls::certs::CertFiles;
 use crate::tls::record::MAX_RECORD;
-use crate::tls::setup::{ClientAuth, ClientTls, MinVersion, ServerTls};
+use crate::tls::setup::{ClientAuth, MinVersion, ServerTls};
+
+mod upstream;
+
+pub use upstream::{
+    Balance, Ejection, HashKey, HealthCheck, HealthKind, Rebalance, Resolve, Server, ServerEntry,
+    ServerSpec, Upstream, UpstreamTls, resolve_entry, system_resolve,
+};
 
 /// The configuration `wsedge` runs with when given no arguments.
-pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
+pub const DEFAULT_CONFIG: &str = include_str!("../default.toml");
 
 /// The longest timeout accepted (timers add timeouts to the current time).
 const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -100,48 +107,6 @@ pub struct Listener {
     pub tls: Option<ServerTls>,
 }
 
-/// A named group of backend servers, used round-robin.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Upstream {
-    /// The name routes refer to.
-    pub name: String,
-    /// The servers.
-    pub servers: Vec<Server>,
-    /// Each server's `host:port` as written (by index into `servers`): the
-    /// `Host` sent with `host_header = "backend"`.
-    pub authorities: Vec<String>,
-    /// TLS to the servers (`wss://` servers or `tls = true`).
-    pub tls: Option<UpstreamTls>,
-}
-
-/// TLS to an upstream's servers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamTls {
-    /// Verification and client certificate.
-    pub client: ClientTls,
-    /// The host name of each server as written (by index into
-    /// `servers`): the SNI and the name verified, unless `client.sni`.
-    pub hosts: Vec<String>,
-}
-
-/// One backend server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Server {
-    /// A TCP address.
-    Addr(SocketAddr),
-    /// The built-in echo server (`builtin:echo`).
-    BuiltinEcho,
-}
-
-impl fmt::Display for Server {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Server::Addr(a) => a.fmt(f),
-            Server::BuiltinEcho => f.write_str(BUILTIN_ECHO),
-        }
-    }
-}
-
 /// A route: requests that match go to `upstream`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
@@ -155,6 +120,9 @@ pub struct Route {
     pub host_header: HostHeader,
     /// Index into [`Config::upstreams`].
     pub upstream: usize,
+    /// `fallback_upstream`: where handshakes go when no server of
+    /// `upstream` can take them (index into [`Config::upstreams`]).
+    pub fallback_upstream: Option<usize>,
     /// How to relay.
     pub relay: RelayMode,
     /// Largest message (summed over fragments) in either direction; close 1009 above.
@@ -263,58 +231,6 @@ fn listener_tls(t: &FileListenerTls) -> Result<ServerTls, String> {
         client_ca: t.client_ca.clone(),
         client_auth,
     })
-}
-
-/// A `servers` entry: `IP:port`, `HOST:port` (resolved now), either with
-/// `ws://` or `wss://`, or `builtin:echo`. Returns the server, its host as
-/// written, and `Some(tls)` when a scheme was given.
-fn parse_server(s: &str) -> Result<(Server, String, Option<bool>), String> {
-    if s == BUILTIN_ECHO {
-        return Ok((Server::BuiltinEcho, String::new(), None));
-    }
-    let (rest, tls) = if let Some(r) = s.strip_prefix("wss://") {
-        (r, Some(true))
-    } else if let Some(r) = s.strip_prefix("ws://") {
-        (r, Some(false))
-    } else {
-        (s, None)
-    };
-    let rest = rest.trim_end_matches('/');
-    if let Ok(a) = rest.parse::<SocketAddr>() {
-        return Ok((Server::Addr(a), a.ip().to_string(), tls));
-    }
-    let Some((host, port)) = rest.rsplit_once(':') else {
-        return Err(format!(
-            "server {s:?} is not HOST:PORT (or wss://HOST:PORT, or {BUILTIN_ECHO:?})"
-        ));
-    };
-    if port.parse::<u16>().is_err() || host.is_empty() {
-        return Err(format!(
-            "server {s:?} is not HOST:PORT (or wss://HOST:PORT, or {BUILTIN_ECHO:?})"
-        ));
-    }
-    let addr = rest
-        .to_socket_addrs()
-        .map_err(|e| format!("server {s:?}: cannot resolve {host:?}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("server {s:?}: {host:?} has no address"))?;
-    Ok((
-        Server::Addr(addr),
-        host.trim_matches(['[', ']']).to_string(),
-        tls,
-    ))
-}
-
-/// A `servers` entry's `host:port` as written, for `host_header = "backend"`.
-fn authority_of(s: &str) -> String {
-    if s == BUILTIN_ECHO {
-        return "localhost".into();
-    }
-    let rest = s
-        .strip_prefix("wss://")
-        .or_else(|| s.strip_prefix("ws://"))
-        .unwrap_or(s);
-    rest.trim_end_matches('/').to_string()
 }
 
 /// A configuration error with the span of the key at fault, when known.
@@ -437,7 +353,7 @@ struct File {
     #[serde(default, rename = "listener")]
     listeners: Vec<toml::Spanned<FileListener>>,
     #[serde(default, rename = "upstream")]
-    upstreams: Vec<toml::Spanned<FileUpstream>>,
+    upstreams: Vec<toml::Spanned<upstream::FileUpstream>>,
     #[serde(default, rename = "route")]
     routes: Vec<toml::Spanned<FileRoute>>,
     #[serde(default)]
@@ -478,21 +394,6 @@ struct FileCertKey {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FileUpstream {
-    name: String,
-    servers: Vec<toml::Spanned<String>>,
-    #[serde(default)]
-    tls: bool,
-    ca: Option<PathBuf>,
-    sni: Option<String>,
-    cert: Option<PathBuf>,
-    key: Option<PathBuf>,
-    #[serde(default)]
-    insecure_skip_verify: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct FileRoute {
     host: Option<toml::Spanned<String>>,
     path: Option<toml::Spanned<String>>,
@@ -503,6 +404,7 @@ struct FileRoute {
     rewrite_prefix: Option<toml::Spanned<FileRewrite>>,
     host_header: Option<toml::Spanned<String>>,
     upstream: toml::Spanned<String>,
+    fallback_upstream: Option<toml::Spanned<String>>,
     #[serde(default)]
     relay: RelayMode,
     #[serde(default = "default_max_message")]
@@ -686,6 +588,15 @@ fn line_of(text: &str, span: Range<usize>) -> usize {
 impl Config {
     /// Parses and validates a configuration file's text. `source` names it in errors.
     pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
+        Config::parse_with(text, source, &system_resolve)
+    }
+
+    /// [`Config::parse`] with host names resolved by `resolve`.
+    pub fn parse_with(
+        text: &str,
+        source: &str,
+        resolve: Resolve<'_>,
+    ) -> Result<Config, ConfigError> {
         let err = |line: Option<usize>, message: String| ConfigError {
             source: source.to_string(),
             line,
@@ -705,93 +616,15 @@ impl Config {
         let mut upstreams: Vec<Upstream> = Vec::new();
         for u in &file.upstreams {
             let line = line_of(text, u.span());
-            let u = u.get_ref();
-            if upstreams.iter().any(|x| x.name == u.name) {
+            if upstreams.iter().any(|x| x.name == u.get_ref().name) {
                 return Err(err(
                     Some(line),
-                    format!("upstream {:?} is defined twice", u.name),
+                    format!("upstream {:?} is defined twice", u.get_ref().name),
                 ));
             }
-            if u.servers.is_empty() {
-                return Err(err(
-                    Some(line),
-                    format!("upstream {:?} has no servers", u.name),
-                ));
-            }
-            let mut servers = Vec::new();
-            let mut hosts = Vec::new();
-            let mut schemes = Vec::new();
-            let mut authorities = Vec::new();
-            for s in &u.servers {
-                let (server, host, tls) =
-                    parse_server(s.get_ref()).map_err(|m| err(Some(line_of(text, s.span())), m))?;
-                servers.push(server);
-                hosts.push(host);
-                schemes.push(tls);
-                authorities.push(authority_of(s.get_ref()));
-            }
-            let wss = schemes.iter().filter(|t| **t == Some(true)).count();
-            if wss > 0 && schemes.contains(&Some(false)) {
-                return Err(err(
-                    Some(line),
-                    format!("upstream {:?} mixes ws:// and wss:// servers", u.name),
-                ));
-            }
-            let tls = if u.tls || wss > 0 {
-                if servers.contains(&Server::BuiltinEcho) {
-                    return Err(err(
-                        Some(line),
-                        format!(
-                            "upstream {:?}: the built-in echo server speaks no TLS",
-                            u.name
-                        ),
-                    ));
-                }
-                let cert = match (&u.cert, &u.key) {
-                    (Some(cert), Some(key)) => Some(CertFiles {
-                        cert: cert.clone(),
-                        key: key.clone(),
-                    }),
-                    (None, None) => None,
-                    _ => {
-                        return Err(err(
-                            Some(line),
-                            format!("upstream {:?}: `cert` and `key` go together", u.name),
-                        ));
-                    }
-                };
-                Some(UpstreamTls {
-                    client: ClientTls {
-                        ca: u.ca.clone(),
-                        sni: u.sni.clone(),
-                        cert,
-                        insecure_skip_verify: u.insecure_skip_verify,
-                    },
-                    hosts,
-                })
-            } else {
-                if u.ca.is_some()
-                    || u.sni.is_some()
-                    || u.cert.is_some()
-                    || u.key.is_some()
-                    || u.insecure_skip_verify
-                {
-                    return Err(err(
-                        Some(line),
-                        format!(
-                            "upstream {:?} has TLS settings but no TLS: use wss:// servers or `tls = true`",
-                            u.name
-                        ),
-                    ));
-                }
-                None
-            };
-            upstreams.push(Upstream {
-                name: u.name.clone(),
-                servers,
-                authorities,
-                tls,
-            });
+            let up = upstream::build(u.get_ref(), resolve)
+                .map_err(|(span, m)| err(Some(span.map_or(line, |s| line_of(text, s))), m))?;
+            upstreams.push(up);
         }
         if file.routes.is_empty() {
             return Err(err(
@@ -854,12 +687,31 @@ impl Config {
                     return Err(err(Some(line), format!("{name} must be at most 7 days")));
                 }
             }
+            let fallback_upstream = match &r.fallback_upstream {
+                Some(f) => Some(
+                    upstreams
+                        .iter()
+                        .position(|u| &u.name == f.get_ref())
+                        .filter(|&i| i != upstream)
+                        .ok_or_else(|| {
+                            err(
+                                at(f.span()),
+                                format!(
+                                    "route {label}: fallback_upstream {:?} is not another defined upstream",
+                                    f.get_ref()
+                                ),
+                            )
+                        })?,
+                ),
+                None => None,
+            };
             routes.push(Route {
                 label,
                 matcher,
                 rewrite,
                 host_header,
                 upstream,
+                fallback_upstream,
                 relay: r.relay,
                 max_message_size: r.max_message_size.0,
                 validate_utf8: r.validate_utf8,
@@ -1061,28 +913,9 @@ impl Config {
             }
         }
         if !upstreams.is_empty() {
-            let mut servers = Vec::new();
-            let mut hosts = Vec::new();
-            let mut wss = false;
-            for s in upstreams {
-                let (server, host, tls) =
-                    parse_server(s).map_err(|m| err(format!("--upstream: {m}")))?;
-                servers.push(server);
-                hosts.push(host);
-                wss |= tls == Some(true);
-            }
-            c.upstreams = vec![Upstream {
-                name: "default".into(),
-                servers,
-                authorities: upstreams.iter().map(|s| authority_of(s)).collect(),
-                tls: wss.then(|| UpstreamTls {
-                    client: ClientTls {
-                        ca: upstream_ca.clone(),
-                        ..ClientTls::default()
-                    },
-                    hosts,
-                }),
-            }];
+            let up = upstream::from_args(upstreams, upstream_ca.clone(), &system_resolve)
+                .map_err(|m| err(format!("--upstream: {m}")))?;
+            c.upstreams = vec![up];
             for r in &mut c.routes {
                 r.upstream = 0;
             }
@@ -1102,11 +935,74 @@ impl Config {
             .find(|(_, r)| r.matcher.matches(req))
     }
 
+    /// What the configuration asks for that this build does not do yet
+    /// (keys of issue 9 that are parsed and validated before their
+    /// behaviour lands): logged at start and by `--check-config`, so that
+    /// no key is silently ignored.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        for u in &self.upstreams {
+            let mut pending = Vec::new();
+            if !matches!(u.balance, Balance::RoundRobin) {
+                pending.push("balance (round robin is used)");
+            }
+            if u.servers.iter().any(|s| s.weight != 1) {
+                pending.push("server weights");
+            }
+            if u.servers.iter().any(|s| s.backup) {
+                pending.push("backup servers (they are used like the others)");
+            }
+            if u.sticky_cookie.is_some() {
+                pending.push("sticky_cookie");
+            }
+            if u.health.is_some() {
+                pending.push("[upstream.health]");
+            }
+            if !u.slow_start.is_zero() {
+                pending.push("slow_start");
+            }
+            if u.max_connections != 0 || u.max_pending != 0 {
+                pending.push("max_connections / max_pending");
+            }
+            if u.rebalance.is_some() {
+                pending.push("rebalance");
+            }
+            let d = Upstream::defaults(String::new(), Vec::new(), Vec::new());
+            if (u.retries, u.retry_backoff, u.retry_budget)
+                != (d.retries, d.retry_backoff, d.retry_budget)
+            {
+                pending.push("retries / retry_backoff / retry_budget (each server is tried once)");
+            }
+            if u.eject != d.eject {
+                pending.push("eject_after / eject_base / eject_max");
+            }
+            if u.resolve_interval != d.resolve_interval {
+                pending.push("resolve_interval (names are resolved once, at start)");
+            }
+            if !pending.is_empty() {
+                w.push(format!(
+                    "upstream {:?}: not active in this build yet: {}",
+                    u.name,
+                    pending.join(", ")
+                ));
+            }
+        }
+        for r in &self.routes {
+            if r.fallback_upstream.is_some() {
+                w.push(format!(
+                    "route {}: fallback_upstream is not active in this build yet",
+                    r.label
+                ));
+            }
+        }
+        w
+    }
+
     /// Whether any upstream uses the built-in echo server.
     pub fn uses_builtin_echo(&self) -> bool {
         self.upstreams
             .iter()
-            .any(|u| u.servers.contains(&Server::BuiltinEcho))
+            .any(|u| u.servers.iter().any(|s| s.addr == Server::BuiltinEcho))
     }
 }
 
@@ -1250,7 +1146,7 @@ upstream = "b"
         assert_eq!(ws.rewrite.apply("/ws/x?q"), "/x?q");
         assert_eq!(
             ws.host_header
-                .value("client", &c.upstreams[0].authorities[0]),
+                .value("client", &c.upstreams[0].servers[0].authority),
             "127.0.0.1:2"
         );
         let v1 = c.routes.iter().find(|r| r.label == "path=/v1").unwrap();
@@ -1305,7 +1201,7 @@ upstream = "b"
     fn embedded_default_parses() {
         let c = Config::embedded_default();
         assert_eq!(c.listeners[0].address, "127.0.0.1:8080".parse().unwrap());
-        assert_eq!(c.upstreams[0].servers, vec![Server::BuiltinEcho]);
+        assert_eq!(c.upstreams[0].servers[0].addr, Server::BuiltinEcho);
         assert_eq!(
             route_of(&c, "localhost", "/anything", &[]).as_deref(),
             Some("echo")
@@ -1432,7 +1328,7 @@ buffer_size = "16KiB"
                 .all(|l| l.tls.as_ref().unwrap().certificates == [files.clone()])
         );
         let t = c.upstreams[0].tls.as_ref().unwrap();
-        assert_eq!(t.hosts, ["localhost"]);
+        assert_eq!(c.upstreams[0].entries[0].host, "localhost");
         assert_eq!(t.client.ca.as_deref(), Some(Path::new("ca.pem")));
         assert!(
             Config::from_args(&[], &["127.0.0.1:1".into()], None, Some("ca.pem".into())).is_err()
