@@ -59,10 +59,10 @@ impl Maglev {
         Maglev::with_size(servers, DEFAULT_TABLE_SIZE)
     }
 
-    /// A table of the smallest prime ≥ `size` entries (at least 2, at most
-    /// [`DEFAULT_TABLE_SIZE`]'s neighbourhood is typical; tests use small
-    /// ones). Only servers at indices below 65,535 take part; a list with no
-    /// primary server gives an empty table.
+    /// A table of the smallest prime ≥ `size` entries (at least 2; the
+    /// default suits production, tests use small ones). Only primary
+    /// servers at indices below 65,535 take part; a list with no primary
+    /// server gives an empty table.
     pub fn with_size(servers: &[Arc<ServerSlot>], size: usize) -> Maglev {
         let m = next_prime(size.max(2));
         struct Entry {
