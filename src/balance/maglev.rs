@@ -19,7 +19,9 @@
 //! `T`, so one exists; a key keeps its server as long as that server is not
 //! overloaded. A full walk (counts changing under the walk, a table built
 //! for another list) ends at the first candidate seen, and it is bounded by
-//! the table's size.
+//! the table's size. A walk that meets no candidate at all (a table too
+//! small for every server to own an entry, or built for another list)
+//! falls back to rendezvous hashing over the primary candidates.
 //!
 //! Backup servers are not in the table: when no primary is a candidate,
 //! a key goes to the backup candidate with the highest
@@ -34,6 +36,10 @@ use super::server::ServerSlot;
 /// The default table size, a prime: ample for up to a few hundred servers
 /// (Maglev wants the size ≥ 100 × N for even shares).
 pub const DEFAULT_TABLE_SIZE: usize = 65_537;
+
+/// The largest table [`Maglev::with_size`] builds (a larger request is
+/// clamped to it): 2 MiB of entries.
+pub const MAX_TABLE_SIZE: usize = 1 << 20;
 
 /// An empty entry while building (and in a table with no primaries).
 const EMPTY: u16 = u16::MAX;
@@ -59,12 +65,13 @@ impl Maglev {
         Maglev::with_size(servers, DEFAULT_TABLE_SIZE)
     }
 
-    /// A table of the smallest prime ≥ `size` entries (at least 2; the
-    /// default suits production, tests use small ones). Only primary
+    /// A table of the smallest prime ≥ `size` entries (`size` clamped to
+    /// `2..=MAX_TABLE_SIZE`; the default suits production, tests use small
+    /// ones). Only primary
     /// servers at indices below 65,535 take part; a list with no primary
     /// server gives an empty table.
     pub fn with_size(servers: &[Arc<ServerSlot>], size: usize) -> Maglev {
-        let m = next_prime(size.max(2));
+        let m = next_prime(size.clamp(2, MAX_TABLE_SIZE));
         struct Entry {
             index: u16,
             offset: u64,
@@ -198,7 +205,7 @@ impl HashPicker {
             return self.fallback.pick(servers, skip, now_ms, slow_start_ms);
         };
         self.pick_primary(servers, key, skip, now_ms, slow_start_ms)
-            .or_else(|| rendezvous_backup(servers, key, skip, now_ms))
+            .or_else(|| rendezvous(servers, key, skip, now_ms, true))
     }
 
     fn pick_primary(
@@ -260,21 +267,24 @@ impl HashPicker {
             }
             first.get_or_insert(i);
         }
-        first
+        // No candidate in the whole table: a table built for another list,
+        // or one too small for every server to get an entry.
+        first.or_else(|| rendezvous(servers, key, skip, now_ms, false))
     }
 }
 
-/// The backup candidate with the highest `mix64(key ^ id)`.
-fn rendezvous_backup(
+/// The candidate of a tier with the highest `mix64(key ^ id)`.
+fn rendezvous(
     servers: &[Arc<ServerSlot>],
     key: u64,
     skip: u64,
     now_ms: u64,
+    backup: bool,
 ) -> Option<usize> {
     servers
         .iter()
         .enumerate()
-        .filter(|(i, s)| candidate(s, *i, skip, now_ms, true))
+        .filter(|(i, s)| candidate(s, *i, skip, now_ms, backup))
         .max_by_key(|(_, s)| mix64(key ^ s.id()))
         .map(|(i, _)| i)
 }
@@ -475,6 +485,12 @@ mod tests {
         let mut p = HashPicker::new(Arc::new(Maglev::with_size(&[], 97)), None, 0);
         assert_eq!(p.pick(&small, Some(1), 0, 0, 0), None);
         assert!(Maglev::with_size(&small, 0).len() >= 2);
+    }
+
+    #[test]
+    fn huge_sizes_are_clamped() {
+        let t = Maglev::with_size(&servers(2), usize::MAX);
+        assert!(t.len() >= MAX_TABLE_SIZE && t.len() < MAX_TABLE_SIZE + 1_000);
     }
 
     #[test]

@@ -529,6 +529,76 @@ mod tests {
         }
     }
 
+    /// One server of the property test: state, backup, max_connections,
+    /// active, ejected until.
+    type Spec = (u8, bool, u32, u32, u64);
+
+    fn build(specs: &[Spec]) -> Vec<Arc<ServerSlot>> {
+        specs
+            .iter()
+            .enumerate()
+            .map(|(i, &(state, backup, max, active, until))| {
+                let s = ServerSlot::new(&format!("p{i}"), 1 + i as u32 % 7)
+                    .with_backup(backup)
+                    .with_limits(max, 0);
+                for _ in 0..active {
+                    s.acquire();
+                }
+                s.ejected_until_ms
+                    .store(until, std::sync::atomic::Ordering::Relaxed);
+                s.set_state(match state % 4 {
+                    0 => ServerState::Up,
+                    1 => ServerState::Down,
+                    2 => ServerState::Draining,
+                    _ => ServerState::Ejected,
+                });
+                Arc::new(s)
+            })
+            .collect()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+        /// Whatever the servers' states, every algorithm returns a
+        /// candidate, a backup only when no primary is one, and `None` only
+        /// when there is no candidate at all.
+        #[test]
+        fn picks_are_always_candidates(
+            specs in proptest::collection::vec(
+                (0u8..4, proptest::bool::weighted(0.2), 0u32..4, 0u32..4, 0u64..2_000),
+                0..80,
+            ),
+            skip: u64,
+            now in 0u64..2_000,
+            slow in 0u64..3_000,
+            key: Option<u64>,
+            factor in proptest::option::of(0.5f64..3.0),
+        ) {
+            let s = build(&specs);
+            let table = Arc::new(crate::balance::Maglev::with_size(&s, 101));
+            let mut pickers = all_pickers(s.len());
+            pickers.push(("hash", Picker::Hash(HashPicker::new(table, factor, 3))));
+            let any = |backup: bool| {
+                s.iter().enumerate().any(|(i, x)| candidate(x, i, skip, now, backup))
+            };
+            for (name, mut p) in pickers {
+                for _ in 0..4 {
+                    match p.pick(&s, key, skip, now, slow) {
+                        Some(i) => {
+                            proptest::prop_assert!(i < s.len(), "{name}");
+                            proptest::prop_assert!(s[i].eligible(now), "{name}");
+                            proptest::prop_assert!(!skipped(skip, i), "{name}");
+                            if s[i].is_backup() {
+                                proptest::prop_assert!(!any(false), "{name}: backup");
+                            }
+                        }
+                        None => proptest::prop_assert!(!any(false) && !any(true), "{name}"),
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn empty_list() {
         for (_, mut p) in all_pickers(0) {

@@ -139,7 +139,7 @@ impl Planner {
             // active > skew × T × w / W, without division.
             let over = u128::from(active) * 1000 * u128::from(total_weight)
                 > u128::from(self.skew_milli) * u128::from(total) * u128::from(w);
-            let fair = total * w / total_weight;
+            let fair = share(total, w, total_weight);
             *phase = match *phase {
                 Phase::Fine if over => Phase::Over { since_ms: now_ms },
                 Phase::Fine => Phase::Fine,
@@ -178,7 +178,7 @@ impl Planner {
         let excess = |i: usize| -> u64 {
             match (self.phases[i], loads.get(i)) {
                 (Phase::Shedding, Some(l)) => {
-                    let fair = u64::from(l.weight) * total / total_weight;
+                    let fair = share(total, u64::from(l.weight), total_weight);
                     u64::from(l.active).saturating_sub(fair)
                 }
                 _ => 0,
@@ -214,6 +214,12 @@ impl Planner {
         self.tokens_milli = self.tokens_milli.saturating_sub(spent.saturating_mul(1000));
         &self.closes
     }
+}
+
+/// `⌊total × w / total_weight⌋` (`total_weight > 0`, `w ≤ total_weight`),
+/// without overflow.
+fn share(total: u64, w: u64, total_weight: u64) -> u64 {
+    (u128::from(total) * u128::from(w) / u128::from(total_weight.max(1))) as u64
 }
 
 #[cfg(test)]
