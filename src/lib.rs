@@ -12,6 +12,7 @@ pub mod balance;
 pub mod config;
 pub mod control;
 pub mod echo;
+pub mod fleet;
 pub mod listener;
 pub mod pool;
 pub mod proto;

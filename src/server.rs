@@ -10,6 +10,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, IoDriver};
 use crate::control::{self, Control, ControlSender};
+use crate::fleet::Fleet;
 use crate::listener::bind_all;
 use crate::stats::Stats;
 use crate::tls::setup::TlsSetup;
@@ -132,6 +133,7 @@ impl Server {
             warn!("{w}");
         }
         let tls = Arc::new(tls);
+        let fleet = Arc::new(Fleet::new(&config));
 
         let mut per_worker: Vec<Vec<std::net::TcpListener>> = (0..n).map(|_| Vec::new()).collect();
         let mut addrs = Vec::new();
@@ -180,6 +182,7 @@ impl Server {
                 echo,
                 config: Arc::clone(&config),
                 tls: Arc::clone(&tls),
+                fleet: Arc::clone(&fleet),
                 stats: s,
                 control: receiver,
                 ready: tx,

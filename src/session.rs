@@ -27,11 +27,12 @@ use monoio::net::TcpStream;
 use monoio::net::tcp::stream_poll::TcpStreamPoll;
 use tracing::{debug, info, warn};
 
-use crate::config::{Route, Server};
+use crate::config::{Balance, Server};
+use crate::fleet;
 use crate::proto::handshake::{
     self, BackendRequest, BackendResponse, BodyError, BodyReader, BodyState, Expect, HeadKind,
     HeadScanner, Rejection, RelayedAnswer, ResponseError, Scan, build_backend_request,
-    build_switching_response, parse_request, parse_response, simple_response,
+    build_switching_response, parse_request, parse_response, simple_response, with_set_cookie,
 };
 use crate::relay::{Outcome, Relay, RelayConfig};
 use crate::route::RequestView;
@@ -120,6 +121,9 @@ enum Cause {
     NoRoute(Box<str>),
     /// `limits.max_connections` open connections on this worker.
     Overloaded,
+    /// No server of the upstream can take a connection now (all down,
+    /// ejected, draining or at their limits).
+    NoServer,
     /// The backend's answer has a body framing that cannot be relayed
     /// (conflicting lengths, a bad chunk, ...).
     BadBody(BodyError),
@@ -203,7 +207,7 @@ impl HandshakeError {
             (Cause::BadBody(e), _) => Some(e.status()),
             (Cause::Answered(status, _), _) => Some(*status),
             (Cause::NoRoute(_), _) => Some(404),
-            (Cause::Overloaded, _) => Some(503),
+            (Cause::Overloaded | Cause::NoServer, _) => Some(503),
             (Cause::TimedOut, Side::Client) if self.step == Step::ReadingRequestHead => Some(408),
             (_, Side::Client) => None,
             (Cause::TimedOut, Side::Backend(_)) => Some(504),
@@ -218,6 +222,12 @@ impl HandshakeError {
         match &self.cause {
             Cause::Rejected(r) => r.response(),
             Cause::BadResponse(e) => e.response(),
+            Cause::NoServer => {
+                let mut r = simple_response(503, "no backend server available");
+                let at = r.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0);
+                r.splice(at + 2..at + 2, b"Retry-After: 5\r\n".iter().copied());
+                r
+            }
             _ => {
                 let body = match status {
                     404 => "no route for this request",
@@ -244,6 +254,7 @@ impl std::fmt::Display for HandshakeError {
             Cause::BadResponse(e) => write!(f, "{side}: {e}"),
             Cause::NoRoute(path) => write!(f, "no route for {path}"),
             Cause::Overloaded => f.write_str("max_connections reached"),
+            Cause::NoServer => write!(f, "{side}: no server can take a connection now"),
             Cause::BadBody(e) => write!(f, "{side}: {e} while {doing}"),
             Cause::Answered(status, body) => {
                 write!(f, "{side}: answered {status}, relayed to the client{body}")
@@ -299,6 +310,8 @@ struct Info {
     path: String,
     server: Server,
     started: Instant,
+    /// Counts the connection on its server until the session ends.
+    _active: fleet::Active,
 }
 
 impl std::fmt::Debug for Session {
@@ -452,6 +465,7 @@ async fn start(
             path: up.path,
             server: up.server,
             started,
+            _active: up.active,
         }),
     ))
 }
@@ -554,6 +568,7 @@ async fn read_head<T: Transport>(
 struct Upgraded {
     backend: Stream,
     server: Server,
+    active: fleet::Active,
     path: String,
     route: usize,
     compressed: bool,
@@ -623,9 +638,25 @@ async fn handshake(
         return Err(HandshakeError::proxy(Step::Routing, Cause::NoRoute(what.into())).into());
     };
 
-    // 3. Backend connect (each server of the upstream once, round-robin start).
-    let (mut backend, server, server_index) = connect_upstream(ctx, route).await?;
+    // 3. Backend connect: a server chosen by the upstream's algorithm (the
+    // sticky one first), others on failure within `retries` and the budget.
+    let up_index = route.upstream;
+    let up_cfg = &cfg.upstreams[up_index];
+    let key = match &up_cfg.balance {
+        Balance::Hash { key, .. } => fleet::request_key(key, &req, peer.ip()),
+        _ => None,
+    };
+    let sticky = up_cfg
+        .sticky_cookie
+        .as_deref()
+        .and_then(|name| fleet::sticky_id(&req, name));
+    let (mut backend, server, server_index, _pending) =
+        connect_upstream(ctx, up_index, key, sticky).await?;
     let failed = |step, cause| HandshakeError::backend(server, step, cause);
+    let fleet_up = &ctx.fleet.upstreams[up_index];
+    // Passive health: the attempt counts as a failure unless the backend
+    // gives an answer below 500.
+    let mut attempt = fleet::Attempt::new(fleet_up, server_index);
 
     // 4. Backend handshake.
     let mut nonce = [0u8; 16];
@@ -641,10 +672,9 @@ async fn handshake(
         .and_then(|t| t.peer_certs.first())
         .and_then(|der| tls::certs::subject_and_san(der));
     let target = route.rewrite.apply(&path);
-    let host = route.host_header.value(
-        req.host(),
-        &cfg.upstreams[route.upstream].servers[server_index].authority,
-    );
+    let host = route
+        .host_header
+        .value(req.host(), &up_cfg.servers[server_index].authority);
     let opts = BackendRequest {
         path: &target,
         host,
@@ -697,11 +727,17 @@ async fn handshake(
                     extensions,
                 },
                 n,
-            ))) => (protocol, extensions, n),
+            ))) => {
+                attempt.ok();
+                (protocol, extensions, n)
+            }
             Ok(Some((
                 BackendResponse::Other { status } | BackendResponse::Interim { status },
                 n,
             ))) => {
+                if status < 500 {
+                    attempt.ok();
+                }
                 return Err(relay_answer(ctx, &mut backend, server, status, &resp, n).await);
             }
             Err(e) => {
@@ -718,7 +754,14 @@ async fn handshake(
         };
 
     // 5. Answer the client.
-    let switching = build_switching_response(&req.accept_key(), protocol, extensions);
+    let mut switching = build_switching_response(&req.accept_key(), protocol, extensions);
+    let slot = &fleet_up.slots[server_index];
+    if let Some(name) = &up_cfg.sticky_cookie
+        && sticky != Some(slot.id())
+    {
+        let cookie = fleet::sticky_set_cookie(name, slot, tls.is_some());
+        switching = with_set_cookie(switching, &cookie);
+    }
     timed(hs_timeout, transport::write_all(client, &switching))
         .await
         .map_err(|cause| HandshakeError::client(Step::WritingSwitch, cause))?;
@@ -726,7 +769,9 @@ async fn handshake(
     debug!(worker = ctx.id, client = %peer, path = %path, backend = %server, protocol = ?protocol, "upgraded");
 
     // 6. Hand over, with the bytes that came after the heads.
+    drop(attempt);
     Ok(Upgraded {
+        active: fleet::Active::new(slot),
         compressed: extensions.is_some(),
         from_client: head[head_len..].to_vec(),
         from_backend: resp[resp_len..].to_vec(),
@@ -797,67 +842,92 @@ async fn relay_answer(
     }
 }
 
-/// Connects to a server of the route's upstream: tries each once, starting
-/// at the worker's round-robin position. When none answers, the error names
-/// the last server tried (a timed-out one if any timed out: 504).
+/// Connects to a server of upstream `up`: the one its algorithm picks (the
+/// sticky server first when it can take the connection), and on a failed
+/// connect another one, at most `retries` more, each after a full-jitter
+/// backoff and only while the retry budget allows. Each failure counts
+/// toward the server's ejection. When every attempt fails, the error names
+/// the last server tried (a timed-out one if any timed out: 504); when no
+/// server can take a connection at all: 503.
 async fn connect_upstream(
     ctx: &WorkerCtx,
-    route: &Route,
-) -> Result<(Stream, Server, usize), HandshakeError> {
-    let upstream = &ctx.config.upstreams[route.upstream];
-    let n = upstream.servers.len();
-    let start = ctx.next_rr(route.upstream);
+    up: usize,
+    key: Option<u64>,
+    sticky: Option<u64>,
+) -> Result<(Stream, Server, usize, fleet::Pending), HandshakeError> {
+    let upstream = &ctx.config.upstreams[up];
+    let st = &ctx.fleet.upstreams[up];
+    ctx.balancers.handshake_started(up);
     let mut failure: Option<HandshakeError> = None;
-    for i in 0..n {
-        let server = upstream.servers[(start + i) % n].addr;
-        let addr = match server {
-            Server::Addr(a) => a,
-            Server::BuiltinEcho => match ctx.echo_addr {
-                Some(a) => a,
-                None => {
-                    // The built-in echo server is not running on this worker.
-                    let e = io::ErrorKind::AddrNotAvailable;
-                    failure.get_or_insert(HandshakeError::backend(
-                        server,
-                        Step::Connecting,
-                        Cause::Io(e),
-                    ));
-                    continue;
-                }
-            },
+    let mut skip = 0u64;
+    let mut attempt = 0u32;
+    while let Some(i) = ctx.balancers.pick(&ctx.fleet, up, key, sticky, skip) {
+        if i < 64 {
+            skip |= 1 << i;
+        }
+        let pending = fleet::Pending::new(&st.slots[i]);
+        let server = upstream.servers[i].addr;
+        let error = match connect_one(ctx, up, i, server).await {
+            Ok(stream) => return Ok((stream, server, i, pending)),
+            Err(e) => e,
         };
-        let connected =
-            match timed(ctx.config.timeouts.connect, TcpStream::connect_addr(addr)).await {
-                Ok(s) => {
-                    let _ = s.set_nodelay(true);
-                    into_poll(s).map_err(|e| Cause::Io(e.kind()))
-                }
-                Err(cause) => Err(cause),
-            };
-        let error = match connected {
-            Ok(s) => match secure(ctx, route.upstream, (start + i) % n, s).await {
-                Ok(s) => return Ok((s, server, (start + i) % n)),
-                // A backend whose certificate fails is not retried on the
-                // next server: the client hears why (502), the log says it.
-                Err(cause @ Cause::Tls(_)) => {
-                    ctx.stats.backend_failures.inc();
-                    return Err(HandshakeError::backend(server, Step::TlsHandshake, cause));
-                }
-                Err(cause) => HandshakeError::backend(server, Step::TlsHandshake, cause),
-            },
-            Err(cause) => HandshakeError::backend(server, Step::Connecting, cause),
-        };
+        drop(pending);
+        if fleet::record(st, i, false) {
+            warn!(worker = ctx.id, backend = %server, "ejected after {} failures in a row", st.outlier.eject_after);
+        }
         warn!(worker = ctx.id, backend = %server, "{error}");
+        let fatal = matches!(error.cause, Cause::Tls(_));
         // A timeout is kept over later refusals: the client is told 504.
         if !matches!(&failure, Some(f) if f.cause == Cause::TimedOut) {
             failure = Some(error);
         }
+        // A backend whose certificate fails is not retried on the next
+        // server: the client hears why (502), the log says it.
+        if fatal || attempt >= upstream.retries {
+            break;
+        }
+        let Some(wait) = ctx.balancers.retry(upstream, up, attempt) else {
+            debug!(worker = ctx.id, upstream = %upstream.name, "retry budget spent: no retry");
+            break;
+        };
+        attempt += 1;
+        if wait > 0 {
+            monoio::time::sleep(Duration::from_millis(wait)).await;
+        }
     }
     ctx.stats.backend_failures.inc();
-    Err(failure.unwrap_or(HandshakeError::proxy(
-        Step::Connecting,
-        Cause::Io(io::ErrorKind::NotFound),
-    )))
+    Err(failure.unwrap_or(HandshakeError::proxy(Step::Connecting, Cause::NoServer)))
+}
+
+/// One connect (and TLS, when the upstream has it) to server `i`.
+async fn connect_one(
+    ctx: &WorkerCtx,
+    up: usize,
+    i: usize,
+    server: Server,
+) -> Result<Stream, HandshakeError> {
+    let addr = match server {
+        Server::Addr(a) => a,
+        Server::BuiltinEcho => ctx.echo_addr.ok_or_else(|| {
+            // The built-in echo server is not running on this worker.
+            HandshakeError::backend(
+                server,
+                Step::Connecting,
+                Cause::Io(io::ErrorKind::AddrNotAvailable),
+            )
+        })?,
+    };
+    let tcp = match timed(ctx.config.timeouts.connect, TcpStream::connect_addr(addr)).await {
+        Ok(s) => {
+            let _ = s.set_nodelay(true);
+            into_poll(s).map_err(|e| Cause::Io(e.kind()))
+        }
+        Err(cause) => Err(cause),
+    }
+    .map_err(|cause| HandshakeError::backend(server, Step::Connecting, cause))?;
+    secure(ctx, up, i, tcp)
+        .await
+        .map_err(|cause| HandshakeError::backend(server, Step::TlsHandshake, cause))
 }
 
 /// TLS to the backend when its upstream has it, within the handshake

@@ -4,7 +4,7 @@
 //! die on the worker that accepted the client; nothing here is shared with
 //! another worker except the read-only config and the counters it alone writes.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
@@ -18,6 +18,7 @@ use tracing::{debug, error, info};
 
 use crate::config::{Config, IoDriver};
 use crate::control::{Control, ControlReceiver};
+use crate::fleet::{Balancers, Fleet};
 use crate::pool::{self, Pool, TRIM_INTERVAL};
 use crate::proto::mask::MaskKeyGen;
 use crate::relay::{Shutdown, Worker as RelayWorker};
@@ -45,20 +46,15 @@ pub struct WorkerCtx {
     pub echo_addr: Option<SocketAddr>,
     /// TLS configurations by listener and upstream (shared by the workers).
     pub tls: Arc<TlsSetup>,
-    rr: Vec<Cell<usize>>,
+    /// Every server's shared state (all workers).
+    pub fleet: Arc<Fleet>,
+    /// This worker's pickers and retry budgets.
+    pub balancers: Balancers,
     /// The shutdown wait, woken when the last connection ends.
     drained: RefCell<Option<Waker>>,
 }
 
 impl WorkerCtx {
-    /// The next round-robin start for an upstream.
-    pub fn next_rr(&self, upstream: usize) -> usize {
-        let c = &self.rr[upstream];
-        let v = c.get();
-        c.set(v.wrapping_add(1));
-        v
-    }
-
     /// Called by each session as it ends (after uncounting itself): wakes
     /// the shutdown wait when it was the last one.
     pub(crate) fn session_ended(&self) {
@@ -101,6 +97,8 @@ pub struct WorkerSpec {
     pub stats: Arc<Stats>,
     /// TLS configurations by listener and upstream.
     pub tls: Arc<TlsSetup>,
+    /// Every server's shared state.
+    pub fleet: Arc<Fleet>,
     /// The worker's end of its control channel.
     pub control: ControlReceiver,
     /// Tells the starter which driver came up (or why the one configured
@@ -172,9 +170,8 @@ async fn worker_main(spec: WorkerSpec) {
         stats: spec.stats,
         echo_addr: spec.echo.as_ref().and_then(|l| l.local_addr().ok()),
         tls: spec.tls,
-        rr: (0..config.upstreams.len())
-            .map(|i| Cell::new(spec.id + i))
-            .collect(),
+        balancers: Balancers::new(&config, &spec.fleet, spec.id as u64 + 1),
+        fleet: spec.fleet,
         drained: RefCell::new(None),
         config,
     });

@@ -943,39 +943,13 @@ impl Config {
         let mut w = Vec::new();
         for u in &self.upstreams {
             let mut pending = Vec::new();
-            if !matches!(u.balance, Balance::RoundRobin) {
-                pending.push("balance (round robin is used)");
-            }
-            if u.servers.iter().any(|s| s.weight != 1) {
-                pending.push("server weights");
-            }
-            if u.servers.iter().any(|s| s.backup) {
-                pending.push("backup servers (they are used like the others)");
-            }
-            if u.sticky_cookie.is_some() {
-                pending.push("sticky_cookie");
-            }
             if u.health.is_some() {
                 pending.push("[upstream.health]");
-            }
-            if !u.slow_start.is_zero() {
-                pending.push("slow_start");
-            }
-            if u.max_connections != 0 || u.max_pending != 0 {
-                pending.push("max_connections / max_pending");
             }
             if u.rebalance.is_some() {
                 pending.push("rebalance");
             }
             let d = Upstream::defaults(String::new(), Vec::new(), Vec::new());
-            if (u.retries, u.retry_backoff, u.retry_budget)
-                != (d.retries, d.retry_backoff, d.retry_budget)
-            {
-                pending.push("retries / retry_backoff / retry_budget (each server is tried once)");
-            }
-            if u.eject != d.eject {
-                pending.push("eject_after / eject_base / eject_max");
-            }
             if u.resolve_interval != d.resolve_interval {
                 pending.push("resolve_interval (names are resolved once, at start)");
             }

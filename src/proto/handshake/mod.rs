@@ -125,6 +125,18 @@ pub fn build_switching_response(
     out
 }
 
+/// `response` (a head ending in an empty line) with a `Set-Cookie: value`
+/// header added at its end. `value` comes from the proxy, never from a
+/// peer.
+pub fn with_set_cookie(mut response: Vec<u8>, value: &str) -> Vec<u8> {
+    debug_assert!(response.ends_with(b"\r\n\r\n"));
+    debug_assert!(!value.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0)));
+    response.truncate(response.len().saturating_sub(2));
+    put_header(&mut response, "Set-Cookie", value.as_bytes());
+    response.extend_from_slice(b"\r\n");
+    response
+}
+
 /// A complete plain-text HTTP/1.1 response with `Connection: close` (for
 /// 502, 503, 504 and the like); `body` is sent followed by a newline.
 pub fn simple_response(status: u16, body: &str) -> Vec<u8> {
