@@ -227,6 +227,15 @@ impl Drop for Pending {
     }
 }
 
+/// Whether a server not yet tried (`skip`) could take a connection now.
+pub fn has_candidate(st: &UpstreamState, skip: u64) -> bool {
+    let now = now_ms();
+    st.slots
+        .iter()
+        .enumerate()
+        .any(|(i, s)| (i >= 64 || (skip >> i) & 1 == 0) && s.eligible(now))
+}
+
 /// Records the outcome of an attempt on a server (passive ejection).
 pub fn record(st: &UpstreamState, server: usize, ok: bool) -> bool {
     let slot = &st.slots[server];

@@ -638,11 +638,14 @@ async fn handshake(
         return Err(HandshakeError::proxy(Step::Routing, Cause::NoRoute(what.into())).into());
     };
 
-    // 3. Backend connect: a server chosen by the upstream's algorithm (the
-    // sticky one first), others on failure within `retries` and the budget.
+    // 3-4. Backend connect and handshake: a server chosen by the upstream's
+    // algorithm (the sticky one first). A failed connect, a close before
+    // the 101 or a 502/503/504 answer is retried on another server, at most
+    // `retries` times, after a full-jitter backoff, while the budget allows.
     let up_index = route.upstream;
     let up_cfg = &cfg.upstreams[up_index];
-    let key = match &up_cfg.balance {
+    let fleet_up = &ctx.fleet.upstreams[up_index];
+    let hash_key = match &up_cfg.balance {
         Balance::Hash { key, .. } => fleet::request_key(key, &req, peer.ip()),
         _ => None,
     };
@@ -650,111 +653,144 @@ async fn handshake(
         .sticky_cookie
         .as_deref()
         .and_then(|name| fleet::sticky_id(&req, name));
-    let (mut backend, server, server_index, _pending) =
-        connect_upstream(ctx, up_index, key, sticky).await?;
-    let failed = |step, cause| HandshakeError::backend(server, step, cause);
-    let fleet_up = &ctx.fleet.upstreams[up_index];
-    // Passive health: the attempt counts as a failure unless the backend
-    // gives an answer below 500.
-    let mut attempt = fleet::Attempt::new(fleet_up, server_index);
-
-    // 4. Backend handshake.
-    let mut nonce = [0u8; 16];
-    {
-        let mut keys = ctx.relay.keys.borrow_mut();
-        for chunk in nonce.chunks_mut(4) {
-            chunk.copy_from_slice(&keys.next_key());
-        }
-    }
-    let key = handshake::key_from_nonce(&nonce);
-    let key = std::str::from_utf8(&key).unwrap_or_default();
     let cert = tls
         .and_then(|t| t.peer_certs.first())
         .and_then(|der| tls::certs::subject_and_san(der));
     let target = route.rewrite.apply(&path);
-    let host = route
-        .host_header
-        .value(req.host(), &up_cfg.servers[server_index].authority);
-    let opts = BackendRequest {
-        path: &target,
-        host,
-        key,
-        client_ip: peer.ip(),
-        forwarded_proto: if tls.is_some() { "https" } else { "http" },
-        forward_extensions: route.permessage_deflate,
-        client_cert: cert.as_ref().map(|(s, a)| (s.as_str(), a.as_str())),
+    ctx.balancers.handshake_started(up_index);
+    let mut skip = 0u64;
+    let mut retried = 0u32;
+    let mut last: Option<HandshakeError> = None;
+    let may_retry = |retried: u32| -> Option<u64> {
+        if retried >= up_cfg.retries {
+            return None;
+        }
+        let wait = ctx.balancers.retry(up_cfg, up_index, retried);
+        if wait.is_none() {
+            debug!(worker = ctx.id, upstream = %up_cfg.name, "retry budget spent: no retry");
+        }
+        wait
     };
-    let request = build_backend_request(&req, &opts);
-    let expect = Expect::new(&req, &opts);
-
-    timed(hs_timeout, transport::write_all(&mut backend, &request))
-        .await
-        .map_err(|cause| failed(Step::WritingUpgradeRequest, cause))?;
-
-    // The response head; interim answers (103 Early Hints, ...) before it
-    // are skipped: the 101 or the final answer follows them.
-    let mut resp = Vec::with_capacity(512);
-    let resp_read = timed(hs_timeout, async {
-        loop {
-            let mut scanner = HeadScanner::new(HeadKind::Response);
-            let Some(verdict) =
-                read_head(&mut backend, &mut resp, &mut scanner, limits.max_head_bytes).await?
-            else {
-                return Ok(None);
-            };
-            let mut h = vec![httparse::EMPTY_HEADER; cfg.limits.max_headers];
-            match parse_response(&resp, &mut h, &limits, &expect) {
-                Ok(Some((BackendResponse::Interim { .. }, n))) => {
-                    drop(h);
-                    drop(resp.drain(..n));
+    let (backend, server, server_index, up, attempt, _pending) = loop {
+        let Some(i) = ctx
+            .balancers
+            .pick(&ctx.fleet, up_index, hash_key, sticky, skip)
+        else {
+            ctx.stats.backend_failures.inc();
+            return Err(last
+                .unwrap_or(HandshakeError::proxy(Step::Connecting, Cause::NoServer))
+                .into());
+        };
+        if i < 64 {
+            skip |= 1 << i;
+        }
+        let server = up_cfg.servers[i].addr;
+        let pending = fleet::Pending::new(&fleet_up.slots[i]);
+        let mut backend = match connect_one(ctx, up_index, i, server).await {
+            Ok(b) => b,
+            Err(error) => {
+                drop(pending);
+                drop(fleet::Attempt::new(fleet_up, i));
+                warn!(worker = ctx.id, backend = %server, "{error}");
+                // A backend whose certificate fails is not retried on the
+                // next server: the client hears why (502), the log says it.
+                let fatal = matches!(error.cause, Cause::Tls(_));
+                // A timeout is kept over later refusals: the client is told 504.
+                if !matches!(&last, Some(f) if f.cause == Cause::TimedOut) {
+                    last = Some(error);
                 }
-                _ => return Ok(Some(verdict)),
+                match (!fatal).then(|| may_retry(retried)).flatten() {
+                    Some(wait) => {
+                        retried += 1;
+                        backoff(wait).await;
+                        continue;
+                    }
+                    None => {
+                        ctx.stats.backend_failures.inc();
+                        return Err(last.expect("set above").into());
+                    }
+                }
+            }
+        };
+        // Passive health: the attempt counts as a failure unless the
+        // backend gives an answer below 500.
+        let mut attempt = fleet::Attempt::new(fleet_up, i);
+        let host = route
+            .host_header
+            .value(req.host(), &up_cfg.servers[i].authority);
+        let mut nonce = [0u8; 16];
+        {
+            let mut keys = ctx.relay.keys.borrow_mut();
+            for chunk in nonce.chunks_mut(4) {
+                chunk.copy_from_slice(&keys.next_key());
             }
         }
-    })
-    .await;
-    let verdict = match resp_read {
-        Ok(Some(verdict)) => verdict,
-        Ok(None) => return Err(failed(Step::ReadingResponseHead, Cause::Closed).into()),
-        Err(cause) => return Err(failed(Step::ReadingResponseHead, cause).into()),
-    };
-    let mut resp_headers = vec![httparse::EMPTY_HEADER; cfg.limits.max_headers];
-    let (protocol, extensions, resp_len) =
-        match parse_response(&resp, &mut resp_headers, &limits, &expect) {
-            Ok(Some((
-                BackendResponse::Upgraded {
-                    protocol,
-                    extensions,
-                },
-                n,
-            ))) => {
+        let key = handshake::key_from_nonce(&nonce);
+        let key = std::str::from_utf8(&key).unwrap_or_default();
+        let opts = BackendRequest {
+            path: &target,
+            host,
+            key,
+            client_ip: peer.ip(),
+            forwarded_proto: if tls.is_some() { "https" } else { "http" },
+            forward_extensions: route.permessage_deflate,
+            client_cert: cert.as_ref().map(|(s, a)| (s.as_str(), a.as_str())),
+        };
+        let request = build_backend_request(&req, &opts);
+        let expect = Expect::new(&req, &opts);
+        let error = match exchange(ctx, &mut backend, server, &request, &expect).await {
+            Ok(Exchanged::Upgraded(up)) => {
                 attempt.ok();
-                (protocol, extensions, n)
+                break (backend, server, i, up, attempt, pending);
             }
-            Ok(Some((
-                BackendResponse::Other { status } | BackendResponse::Interim { status },
-                n,
-            ))) => {
+            Ok(Exchanged::Answered { status, resp, n }) => {
                 if status < 500 {
                     attempt.ok();
                 }
+                // Retried only where another server could answer; otherwise
+                // the client gets this backend's own answer.
+                if matches!(status, 502..=504)
+                    && fleet::has_candidate(fleet_up, skip)
+                    && let Some(wait) = may_retry(retried)
+                {
+                    warn!(worker = ctx.id, backend = %server, status, "answered {status} to the upgrade: retrying on another server");
+                    drop((attempt, pending, backend));
+                    retried += 1;
+                    backoff(wait).await;
+                    continue;
+                }
                 return Err(relay_answer(ctx, &mut backend, server, status, &resp, n).await);
             }
-            Err(e) => {
-                return Err(failed(Step::ReadingResponseHead, Cause::BadResponse(e)).into());
-            }
-            // The scanner's verdict stands where the parser wants more.
-            Ok(None) => {
-                let e = match verdict {
-                    Scan::TooLarge => ResponseError::HeadTooLarge,
-                    _ => ResponseError::Malformed,
-                };
-                return Err(failed(Step::ReadingResponseHead, Cause::BadResponse(e)).into());
-            }
+            Err(e) => e,
         };
+        drop((attempt, pending, backend));
+        warn!(worker = ctx.id, backend = %server, "{error}");
+        let retryable = matches!(error.cause, Cause::Closed | Cause::Io(_));
+        last = Some(error);
+        match retryable.then(|| may_retry(retried)).flatten() {
+            Some(wait) => {
+                retried += 1;
+                backoff(wait).await;
+            }
+            None => {
+                ctx.stats.backend_failures.inc();
+                return Err(last.expect("set above").into());
+            }
+        }
+    };
+    let BackendUpgraded {
+        protocol,
+        extensions,
+        resp,
+        n: resp_len,
+    } = up;
 
     // 5. Answer the client.
-    let mut switching = build_switching_response(&req.accept_key(), protocol, extensions);
+    let mut switching = build_switching_response(
+        &req.accept_key(),
+        protocol.as_deref(),
+        extensions.as_deref(),
+    );
     let slot = &fleet_up.slots[server_index];
     if let Some(name) = &up_cfg.sticky_cookie
         && sticky != Some(slot.id())
@@ -780,6 +816,112 @@ async fn handshake(
         server,
         path,
     })
+}
+
+/// A backend's 101, checked: what it chose, and its head (`resp[..n]`, with
+/// any bytes that followed it).
+struct BackendUpgraded {
+    protocol: Option<String>,
+    extensions: Option<Vec<u8>>,
+    resp: Vec<u8>,
+    n: usize,
+}
+
+/// What a backend answered the upgrade request.
+enum Exchanged {
+    /// A valid 101.
+    Upgraded(BackendUpgraded),
+    /// Another final answer, head `resp[..n]` (its body not read yet).
+    Answered {
+        status: u16,
+        resp: Vec<u8>,
+        n: usize,
+    },
+}
+
+/// Sends the upgrade request to a connected backend and reads its answer
+/// head, skipping interim answers (103 Early Hints, ...), within
+/// `timeouts.handshake`.
+async fn exchange(
+    ctx: &WorkerCtx,
+    backend: &mut Stream,
+    server: Server,
+    request: &[u8],
+    expect: &Expect<'_>,
+) -> Result<Exchanged, HandshakeError> {
+    let cfg = &ctx.config;
+    let limits = cfg.limits.head_limits();
+    let hs_timeout = cfg.timeouts.handshake;
+    let failed = |step, cause| HandshakeError::backend(server, step, cause);
+    timed(hs_timeout, transport::write_all(backend, request))
+        .await
+        .map_err(|cause| failed(Step::WritingUpgradeRequest, cause))?;
+    let mut resp = Vec::with_capacity(512);
+    let resp_read = timed(hs_timeout, async {
+        loop {
+            let mut scanner = HeadScanner::new(HeadKind::Response);
+            let Some(verdict) =
+                read_head(backend, &mut resp, &mut scanner, limits.max_head_bytes).await?
+            else {
+                return Ok(None);
+            };
+            let mut h = vec![httparse::EMPTY_HEADER; cfg.limits.max_headers];
+            match parse_response(&resp, &mut h, &limits, expect) {
+                Ok(Some((BackendResponse::Interim { .. }, n))) => {
+                    drop(h);
+                    drop(resp.drain(..n));
+                }
+                _ => return Ok(Some(verdict)),
+            }
+        }
+    })
+    .await;
+    let verdict = match resp_read {
+        Ok(Some(verdict)) => verdict,
+        Ok(None) => return Err(failed(Step::ReadingResponseHead, Cause::Closed)),
+        Err(cause) => return Err(failed(Step::ReadingResponseHead, cause)),
+    };
+    let mut headers = vec![httparse::EMPTY_HEADER; cfg.limits.max_headers];
+    let (protocol, extensions, n) = match parse_response(&resp, &mut headers, &limits, expect) {
+        Ok(Some((
+            BackendResponse::Upgraded {
+                protocol,
+                extensions,
+            },
+            n,
+        ))) => (
+            protocol.map(str::to_string),
+            extensions.map(<[u8]>::to_vec),
+            n,
+        ),
+        Ok(Some((BackendResponse::Other { status } | BackendResponse::Interim { status }, n))) => {
+            drop(headers);
+            return Ok(Exchanged::Answered { status, resp, n });
+        }
+        Err(e) => return Err(failed(Step::ReadingResponseHead, Cause::BadResponse(e))),
+        // The scanner's verdict stands where the parser wants more.
+        Ok(None) => {
+            let e = match verdict {
+                Scan::TooLarge => ResponseError::HeadTooLarge,
+                _ => ResponseError::Malformed,
+            };
+            return Err(failed(Step::ReadingResponseHead, Cause::BadResponse(e)));
+        }
+    };
+    drop(headers);
+    Ok(Exchanged::Upgraded(BackendUpgraded {
+        protocol,
+        extensions,
+        resp,
+        n,
+    }))
+}
+
+/// Waits `ms` milliseconds before a retry (nothing for 0).
+async fn backoff(ms: u64) {
+    if ms > 0 {
+        monoio::time::sleep(Duration::from_millis(ms)).await;
+    }
 }
 
 /// Reads the body of a backend's answer other than 101 (framed as its head
@@ -840,63 +982,6 @@ async fn relay_answer(
         ),
         relayed: Some(relayed),
     }
-}
-
-/// Connects to a server of upstream `up`: the one its algorithm picks (the
-/// sticky server first when it can take the connection), and on a failed
-/// connect another one, at most `retries` more, each after a full-jitter
-/// backoff and only while the retry budget allows. Each failure counts
-/// toward the server's ejection. When every attempt fails, the error names
-/// the last server tried (a timed-out one if any timed out: 504); when no
-/// server can take a connection at all: 503.
-async fn connect_upstream(
-    ctx: &WorkerCtx,
-    up: usize,
-    key: Option<u64>,
-    sticky: Option<u64>,
-) -> Result<(Stream, Server, usize, fleet::Pending), HandshakeError> {
-    let upstream = &ctx.config.upstreams[up];
-    let st = &ctx.fleet.upstreams[up];
-    ctx.balancers.handshake_started(up);
-    let mut failure: Option<HandshakeError> = None;
-    let mut skip = 0u64;
-    let mut attempt = 0u32;
-    while let Some(i) = ctx.balancers.pick(&ctx.fleet, up, key, sticky, skip) {
-        if i < 64 {
-            skip |= 1 << i;
-        }
-        let pending = fleet::Pending::new(&st.slots[i]);
-        let server = upstream.servers[i].addr;
-        let error = match connect_one(ctx, up, i, server).await {
-            Ok(stream) => return Ok((stream, server, i, pending)),
-            Err(e) => e,
-        };
-        drop(pending);
-        if fleet::record(st, i, false) {
-            warn!(worker = ctx.id, backend = %server, "ejected after {} failures in a row", st.outlier.eject_after);
-        }
-        warn!(worker = ctx.id, backend = %server, "{error}");
-        let fatal = matches!(error.cause, Cause::Tls(_));
-        // A timeout is kept over later refusals: the client is told 504.
-        if !matches!(&failure, Some(f) if f.cause == Cause::TimedOut) {
-            failure = Some(error);
-        }
-        // A backend whose certificate fails is not retried on the next
-        // server: the client hears why (502), the log says it.
-        if fatal || attempt >= upstream.retries {
-            break;
-        }
-        let Some(wait) = ctx.balancers.retry(upstream, up, attempt) else {
-            debug!(worker = ctx.id, upstream = %upstream.name, "retry budget spent: no retry");
-            break;
-        };
-        attempt += 1;
-        if wait > 0 {
-            monoio::time::sleep(Duration::from_millis(wait)).await;
-        }
-    }
-    ctx.stats.backend_failures.inc();
-    Err(failure.unwrap_or(HandshakeError::proxy(Step::Connecting, Cause::NoServer)))
 }
 
 /// One connect (and TLS, when the upstream has it) to server `i`.

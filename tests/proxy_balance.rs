@@ -9,8 +9,39 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wsedge::config::Config;
+
+/// A server that answers every upgrade with `answer` (raw bytes; empty:
+/// closes without answering) and counts the requests it got.
+async fn fixed_server(answer: &'static [u8]) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = Arc::clone(&hits);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let h = Arc::clone(&h);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                h.fetch_add(1, Ordering::SeqCst);
+                let _ = s.write_all(answer).await;
+            });
+        }
+    });
+    (addr, hits)
+}
 
 struct Fleet {
     proxy: Proxy,
@@ -21,8 +52,19 @@ impl Fleet {
     /// `servers` gives each backend's server-table extras (`""`, or e.g.
     /// `weight = 2`); `dead` adds a server on a port nothing listens on.
     async fn start(driver: IoDriver, servers: &[&str], dead: bool, upstream: &str) -> Fleet {
+        Fleet::start_with(driver, servers, dead, &[], upstream).await
+    }
+
+    /// [`Fleet::start`] with `first` servers (as `"IP:PORT"`) put ahead.
+    async fn start_with(
+        driver: IoDriver,
+        servers: &[&str],
+        dead: bool,
+        first: &[std::net::SocketAddr],
+        upstream: &str,
+    ) -> Fleet {
         let mut backends = Vec::new();
-        let mut entries = Vec::new();
+        let mut entries: Vec<String> = first.iter().map(|a| format!("\"{a}\"")).collect();
         for extra in servers {
             let b = Backend::start().await;
             let sep = if extra.is_empty() { "" } else { ", " };
@@ -199,7 +241,41 @@ async fn full_server_is_503(driver: IoDriver) {
     let _ = f.open("/", &[]).await;
 }
 
+async fn bad_answers_retried_on_another_server(driver: IoDriver) {
+    for answer in [
+        &b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"[..],
+        &b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n"[..],
+        &b""[..],
+    ] {
+        let (bad, hits) = fixed_server(answer).await;
+        let mut f = Fleet::start_with(driver, &[""], false, &[bad], "").await;
+        // Round robin meets the bad server on every other handshake; each
+        // of those is retried on the good one: no client sees a failure.
+        assert_eq!(f.spread(10, "/").await, [10], "{answer:?}");
+        assert!(hits.load(Ordering::SeqCst) >= 1, "the bad server was tried");
+    }
+}
+
+async fn deliberate_answers_relayed_not_retried(driver: IoDriver) {
+    let (forbidding, hits) =
+        fixed_server(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 4\r\n\r\nnope").await;
+    let f = Fleet::start_with(driver, &[], false, &[forbidding], "").await;
+    let resp = http_exchange(f.proxy.addr, &upgrade_request("/", &[])).await;
+    assert_eq!(resp.status, 403, "{resp:?}");
+    assert_eq!(resp.body, b"nope");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    // With no retries left, a 503 is relayed as the backend sent it.
+    let (unavailable, hits) =
+        fixed_server(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy").await;
+    let f = Fleet::start_with(driver, &[], false, &[unavailable], "retries = 0").await;
+    let resp = http_exchange(f.proxy.addr, &upgrade_request("/", &[])).await;
+    assert_eq!((resp.status, resp.body.as_slice()), (503, &b"busy"[..]));
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
+
 both_drivers!(
+    bad_answers_retried_on_another_server,
+    deliberate_answers_relayed_not_retried,
     weighted_round_robin,
     least_conn_with_held_connections,
     hash_on_query_key,
