@@ -249,3 +249,60 @@ async fn watch(w: Watch, stop: Rc<Shutdown>) {
         wait = next_check_ms(started, w.interval_ms, &mut rng).saturating_sub(now_ms());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn config(servers: &str, health: &str) -> Arc<Config> {
+        let text = format!(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nupstream = \"u\"\n\
+             [[upstream]]\nname = \"u\"\nservers = [{servers}]\n{health}\n"
+        );
+        Arc::new(Config::parse(&text, "health.toml").expect("config"))
+    }
+
+    #[test]
+    fn nothing_to_check_is_none() {
+        let c = config("\"127.0.0.1:9\"", "");
+        let fleet = Arc::new(Fleet::new(&c));
+        assert!(spawn(c, fleet).is_none());
+    }
+
+    #[test]
+    fn stops_promptly_with_a_check_in_flight() {
+        // A server that accepts and never answers: the check waits for its
+        // 101 for up to 5 s.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            if let Ok((s, _)) = l.accept() {
+                let _ = tx.send(());
+                // Held open until the test ends.
+                std::thread::sleep(Duration::from_secs(10));
+                drop(s);
+            }
+        });
+        let c = config(
+            &format!("\"{addr}\", \"builtin:echo\""),
+            "[upstream.health]\nkind = \"websocket\"\ninterval = \"10s\"\ntimeout = \"5s\"",
+        );
+        let fleet = Arc::new(Fleet::new(&c));
+        let checker = spawn(c, Arc::clone(&fleet)).expect("checks to run");
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("the first check connects (within interval / 10)");
+        let started = Instant::now();
+        checker.stop();
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(250), "stop took {took:?}");
+        // Nothing was decided: one check never finished.
+        assert!(
+            fleet.upstreams[0]
+                .slots
+                .iter()
+                .all(|s| s.state() == crate::balance::server::ServerState::Up)
+        );
+    }
+}
