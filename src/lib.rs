@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod echo;
 pub mod fleet;
+pub mod health;
 pub mod listener;
 pub mod pool;
 pub mod proto;

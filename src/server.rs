@@ -11,14 +11,16 @@ use tracing::{error, info, warn};
 use crate::config::{Config, IoDriver};
 use crate::control::{self, Control, ControlSender};
 use crate::fleet::Fleet;
+use crate::health::{self, HealthChecker};
 use crate::listener::bind_all;
 use crate::stats::Stats;
 use crate::tls::setup::TlsSetup;
 use crate::worker::{self, WorkerSpec};
 
-/// Running workers. Stop them with [`Server::shutdown`]; dropping the
-/// server also tells them to stop (their control channels close), but
-/// without waiting for them.
+/// Running workers (and the health checks). Stop them with
+/// [`Server::shutdown`]; dropping the server also tells the workers to stop
+/// (their control channels close), but without waiting for them; the
+/// health checks stop and their thread is joined either way.
 #[derive(Debug)]
 pub struct Server {
     /// The addresses clients can connect to (ports resolved when 0 was asked).
@@ -30,8 +32,11 @@ pub struct Server {
     /// Each worker's counters.
     pub stats: Vec<Arc<Stats>>,
     tls: Arc<TlsSetup>,
+    fleet: Arc<Fleet>,
     control: Vec<ControlSender>,
     threads: Vec<JoinHandle<()>>,
+    /// Stops the health checks when the server is shut down or dropped.
+    health: Option<HealthChecker>,
 }
 
 /// Why [`Server::start`] failed. Nothing is served when it is returned;
@@ -207,20 +212,26 @@ impl Server {
                 Err(_) => return Err(StartError::WorkerDied { worker: id }),
             }
         }
+        let health = health::spawn(Arc::clone(&config), Arc::clone(&fleet));
         Ok(Server {
             addrs,
             echo_addr,
             drivers,
             stats,
             tls,
+            fleet,
             control: senders,
             threads,
+            health,
         })
     }
 
     /// Stops accepting, sends 1001 to every client and backend, waits up to
     /// the grace period for the close handshakes, and joins the workers.
     pub fn shutdown(self) {
+        if let Some(h) = self.health {
+            h.stop();
+        }
         for c in &self.control {
             // Err: that worker has exited already; nothing to tell it.
             let _ = c.send(Control::Stop);
@@ -256,6 +267,12 @@ impl Server {
         if errors.is_empty() {
             info!("certificates reloaded");
         }
+    }
+
+    /// Every server's shared state (health, ejection, load), as the
+    /// workers see it.
+    pub fn fleet(&self) -> &Fleet {
+        &self.fleet
     }
 
     /// The counters summed over the workers.

@@ -943,9 +943,6 @@ impl Config {
         let mut w = Vec::new();
         for u in &self.upstreams {
             let mut pending = Vec::new();
-            if u.health.is_some() {
-                pending.push("[upstream.health]");
-            }
             if u.rebalance.is_some() {
                 pending.push("rebalance");
             }

@@ -155,6 +155,11 @@ impl Proxy {
         }
     }
 
+    /// The running server (its fleet's shared server states, ...).
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().expect("running")
+    }
+
     /// Re-reads the TLS certificates, as SIGHUP does.
     pub fn reload_tls(&self) {
         self.server.as_ref().expect("running").reload_tls();
