@@ -642,17 +642,24 @@ async fn handshake(
     // algorithm (the sticky one first). A failed connect, a close before
     // the 101 or a 502/503/504 answer is retried on another server, at most
     // `retries` times, after a full-jitter backoff, while the budget allows.
-    let up_index = route.upstream;
-    let up_cfg = &cfg.upstreams[up_index];
-    let fleet_up = &ctx.fleet.upstreams[up_index];
-    let hash_key = match &up_cfg.balance {
-        Balance::Hash { key, .. } => fleet::request_key(key, &req, peer.ip()),
-        _ => None,
+    // When no server of the route's upstream can take the connection, its
+    // `fallback_upstream` is tried the same way (once).
+    let mut up_index = route.upstream;
+    let mut fallback = route.fallback_upstream;
+    let mut up_cfg = &cfg.upstreams[up_index];
+    let mut fleet_up = &ctx.fleet.upstreams[up_index];
+    let keys = |up_cfg: &crate::config::Upstream| {
+        let hash_key = match &up_cfg.balance {
+            Balance::Hash { key, .. } => fleet::request_key(key, &req, peer.ip()),
+            _ => None,
+        };
+        let sticky = up_cfg
+            .sticky_cookie
+            .as_deref()
+            .and_then(|name| fleet::sticky_id(&req, name));
+        (hash_key, sticky)
     };
-    let sticky = up_cfg
-        .sticky_cookie
-        .as_deref()
-        .and_then(|name| fleet::sticky_id(&req, name));
+    let (mut hash_key, mut sticky) = keys(up_cfg);
     let cert = tls
         .and_then(|t| t.peer_certs.first())
         .and_then(|der| tls::certs::subject_and_san(der));
@@ -661,7 +668,7 @@ async fn handshake(
     let mut skip = 0u64;
     let mut retried = 0u32;
     let mut last: Option<HandshakeError> = None;
-    let may_retry = |retried: u32| -> Option<u64> {
+    let may_retry = |up_cfg: &crate::config::Upstream, up_index: usize, retried: u32| {
         if retried >= up_cfg.retries {
             return None;
         }
@@ -676,6 +683,16 @@ async fn handshake(
             .balancers
             .pick(&ctx.fleet, up_index, hash_key, sticky, skip)
         else {
+            if let Some(f) = fallback.take() {
+                info!(worker = ctx.id, client = %peer, upstream = %up_cfg.name, fallback = %cfg.upstreams[f].name, "no server can take the connection: trying the fallback upstream");
+                up_index = f;
+                up_cfg = &cfg.upstreams[f];
+                fleet_up = &ctx.fleet.upstreams[f];
+                (hash_key, sticky) = keys(up_cfg);
+                skip = 0;
+                ctx.balancers.handshake_started(up_index);
+                continue;
+            }
             ctx.stats.backend_failures.inc();
             return Err(last
                 .unwrap_or(HandshakeError::proxy(Step::Connecting, Cause::NoServer))
@@ -699,7 +716,10 @@ async fn handshake(
                 if !matches!(&last, Some(f) if f.cause == Cause::TimedOut) {
                     last = Some(error);
                 }
-                match (!fatal).then(|| may_retry(retried)).flatten() {
+                match (!fatal)
+                    .then(|| may_retry(up_cfg, up_index, retried))
+                    .flatten()
+                {
                     Some(wait) => {
                         retried += 1;
                         backoff(wait).await;
@@ -751,7 +771,7 @@ async fn handshake(
                 // the client gets this backend's own answer.
                 if matches!(status, 502..=504)
                     && fleet::has_candidate(fleet_up, skip)
-                    && let Some(wait) = may_retry(retried)
+                    && let Some(wait) = may_retry(up_cfg, up_index, retried)
                 {
                     warn!(worker = ctx.id, backend = %server, status, "answered {status} to the upgrade: retrying on another server");
                     drop((attempt, pending, backend));
@@ -767,7 +787,10 @@ async fn handshake(
         warn!(worker = ctx.id, backend = %server, "{error}");
         let retryable = matches!(error.cause, Cause::Closed | Cause::Io(_));
         last = Some(error);
-        match retryable.then(|| may_retry(retried)).flatten() {
+        match retryable
+            .then(|| may_retry(up_cfg, up_index, retried))
+            .flatten()
+        {
             Some(wait) => {
                 retried += 1;
                 backoff(wait).await;

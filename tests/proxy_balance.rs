@@ -273,7 +273,27 @@ async fn deliberate_answers_relayed_not_retried(driver: IoDriver) {
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 }
 
+async fn fallback_upstream(driver: IoDriver) {
+    let mut main_backend = Backend::start().await;
+    let mut spare = Backend::start().await;
+    let text = format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nupstream = \"main\"\nfallback_upstream = \"spare\"\n\
+         [[upstream]]\nname = \"main\"\nservers = [\"{}\"]\nmax_connections = 1\n\
+         [[upstream]]\nname = \"spare\"\nservers = [\"{}\"]\n",
+        main_backend.addr, spare.addr
+    );
+    let proxy = Proxy::start_config(driver, Config::parse(&text, "x").unwrap());
+    let (_held, resp) = RawWs::connect(proxy.addr, &upgrade_request("/", &[]), &[]).await;
+    assert_eq!(resp.status, 101);
+    let _ = main_backend.accept().await;
+    // The main upstream's only server is full: the fallback takes it.
+    let (_second, resp) = RawWs::connect(proxy.addr, &upgrade_request("/", &[]), &[]).await;
+    assert_eq!(resp.status, 101, "{resp:?}");
+    let _ = spare.accept().await;
+}
+
 both_drivers!(
+    fallback_upstream,
     bad_answers_retried_on_another_server,
     deliberate_answers_relayed_not_retried,
     weighted_round_robin,

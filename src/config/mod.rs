@@ -958,14 +958,6 @@ impl Config {
                 ));
             }
         }
-        for r in &self.routes {
-            if r.fallback_upstream.is_some() {
-                w.push(format!(
-                    "route {}: fallback_upstream is not active in this build yet",
-                    r.label
-                ));
-            }
-        }
         w
     }
 
