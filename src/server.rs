@@ -212,7 +212,7 @@ impl Server {
                 Err(_) => return Err(StartError::WorkerDied { worker: id }),
             }
         }
-        let health = health::spawn(Arc::clone(&config), Arc::clone(&fleet));
+        let health = health::spawn(Arc::clone(&config), Arc::clone(&fleet), &tls);
         Ok(Server {
             addrs,
             echo_addr,

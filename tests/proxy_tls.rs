@@ -496,6 +496,38 @@ async fn wss_backend(driver: IoDriver) {
     echo_once(&mut ws, Message::Text("insecure".into())).await;
 }
 
+/// `[upstream.health] kind = "websocket"` over a wss:// upstream: the probe
+/// speaks TLS, verified as proxied connections are: up against the right
+/// CA, down against another.
+async fn wss_health_check(driver: IoDriver) {
+    use wsedge::balance::server::ServerState;
+    let pki = Pki::new(&format!("health-{driver:?}"));
+    let files = pki.leaf("backend", "backend", &["localhost"]);
+    let backend = tls_backend(&files).await;
+    let other = Pki::new(&format!("health-other-{driver:?}"));
+    for (ca, want) in [(pki.ca(), ServerState::Up), (other.ca(), ServerState::Down)] {
+        let text = format!(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nupstream = \"u\"\n\
+             [[upstream]]\nname = \"u\"\nservers = [\"wss://localhost:{}\"]\nca = {:?}\neject_after = 0\n\
+             [upstream.health]\nkind = \"websocket\"\ninterval = \"300ms\"\ntimeout = \"300ms\"\nrise = 1\nfall = 2\n",
+            backend.port(),
+            ca
+        );
+        let proxy = Proxy::start_config(driver, wsedge::config::Config::parse(&text, "x").unwrap());
+        let slot = &proxy.server().fleet().upstreams[0].slots[0];
+        if want == ServerState::Down {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while slot.state() != want && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        } else {
+            // Four checks' worth: a failing probe would have taken it down.
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+        }
+        assert_eq!(slot.state(), want, "CA {ca:?}");
+    }
+}
+
 async fn reload_swaps_certificates(driver: IoDriver) {
     let pki = Pki::new(&format!("reload-{driver:?}"));
     let files = pki.leaf("live", "first", &["localhost"]);
@@ -596,6 +628,7 @@ async fn alert_ends_the_client_leg(driver: IoDriver) {
 }
 
 both_drivers!(
+    wss_health_check,
     echo_over_wss,
     tls12_client,
     sni_picks_the_certificate,

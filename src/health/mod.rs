@@ -33,11 +33,10 @@
 //! - `builtin:echo` servers are not checked: the echo server runs inside
 //!   every worker of this process, so while the proxy serves, it does. They
 //!   are always up.
-//! - Upstreams with TLS (`wss://` servers or `tls = true`): the check is a
-//!   TCP connect, whatever `kind` says (said once at start, at `info`). The
-//!   WebSocket probe is written over [`Transport`](crate::transport::Transport)
-//!   so TLS can plug in; it needs the upstream's client configuration,
-//!   which [`spawn`] does not get yet.
+//! - Upstreams with TLS (`wss://` servers or `tls = true`): a `websocket`
+//!   check speaks TLS first, verified as the proxied connections are (the
+//!   upstream's `ca`, `sni`, client certificate); a `tcp` check is a TCP
+//!   connect.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -54,6 +53,7 @@ use crate::config::{Config, HealthKind, Server};
 use crate::control::{self, Control, ControlReceiver, ControlSender};
 use crate::fleet::{Fleet, now_ms};
 use crate::relay::Shutdown;
+use crate::tls::setup::{TlsSetup, server_name};
 
 pub mod probe;
 
@@ -111,8 +111,8 @@ struct Watch {
 /// `config`). `None` when no upstream has health checks, or when the
 /// thread cannot be started (logged at `error`; the servers then stay up,
 /// as without checks).
-pub fn spawn(config: Arc<Config>, fleet: Arc<Fleet>) -> Option<HealthChecker> {
-    let watches = watches(&config, &fleet);
+pub fn spawn(config: Arc<Config>, fleet: Arc<Fleet>, tls: &TlsSetup) -> Option<HealthChecker> {
+    let watches = watches(&config, &fleet, tls);
     if config.upstreams.iter().all(|u| u.health.is_none()) {
         return None;
     }
@@ -132,22 +132,29 @@ pub fn spawn(config: Arc<Config>, fleet: Arc<Fleet>) -> Option<HealthChecker> {
     }
 }
 
-fn watches(config: &Config, fleet: &Fleet) -> Vec<Watch> {
+fn watches(config: &Config, fleet: &Fleet, tls: &TlsSetup) -> Vec<Watch> {
     let mut out = Vec::new();
-    for (u, st) in config.upstreams.iter().zip(&fleet.upstreams) {
+    for (i, (u, st)) in config.upstreams.iter().zip(&fleet.upstreams).enumerate() {
         let Some(h) = &u.health else { continue };
-        let kind = if u.tls.is_some() && h.kind == HealthKind::WebSocket {
-            info!(
-                upstream = %u.name,
-                "TLS upstream: its health checks are TCP connects in this build"
-            );
-            HealthKind::Tcp
-        } else {
-            h.kind
-        };
+        let kind = h.kind;
+        let client = tls.upstreams.get(i).and_then(Option::as_ref);
         for (spec, slot) in u.servers.iter().zip(&st.slots) {
             let Server::Addr(addr) = spec.addr else {
                 continue; // builtin:echo: up while the proxy is (see above)
+            };
+            let tls = match client {
+                None => None,
+                Some(c) => {
+                    let sni = u.tls.as_ref().and_then(|t| t.client.sni.as_deref());
+                    match server_name(sni.unwrap_or(&spec.host)) {
+                        Ok(name) => Some((Arc::clone(c), name)),
+                        // Checked at start (TlsSetup::build): cannot happen.
+                        Err(e) => {
+                            error!(upstream = %u.name, "health check of {addr}: {e}");
+                            continue;
+                        }
+                    }
+                }
             };
             out.push(Watch {
                 label: format!("backend {addr} (upstream {:?})", u.name),
@@ -157,6 +164,7 @@ fn watches(config: &Config, fleet: &Fleet) -> Vec<Watch> {
                     path: h.path.clone(),
                     authority: spec.authority.clone(),
                     timeout: h.timeout,
+                    tls,
                 },
                 slot: Arc::clone(slot),
                 rise: h.rise,
@@ -267,7 +275,7 @@ mod tests {
     fn nothing_to_check_is_none() {
         let c = config("\"127.0.0.1:9\"", "");
         let fleet = Arc::new(Fleet::new(&c));
-        assert!(spawn(c, fleet).is_none());
+        assert!(spawn(c, fleet, &TlsSetup::default()).is_none());
     }
 
     #[test]
@@ -290,7 +298,7 @@ mod tests {
             "[upstream.health]\nkind = \"websocket\"\ninterval = \"10s\"\ntimeout = \"5s\"",
         );
         let fleet = Arc::new(Fleet::new(&c));
-        let checker = spawn(c, Arc::clone(&fleet)).expect("checks to run");
+        let checker = spawn(c, Arc::clone(&fleet), &TlsSetup::default()).expect("checks to run");
         rx.recv_timeout(Duration::from_secs(5))
             .expect("the first check connects (within interval / 10)");
         let started = Instant::now();

@@ -11,12 +11,16 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use monoio::net::TcpStream;
 use rand_core::RngCore;
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
 
 use crate::config::HealthKind;
+use crate::pool::Pool;
 use crate::proto::close::{CloseCode, parse_close_payload};
 use crate::proto::error::ProtocolError;
 use crate::proto::frame::{DecodeConfig, FrameHeader, OpCode, Peer, SmallFrame};
@@ -24,6 +28,8 @@ use crate::proto::handshake::{
     BackendResponse, Expect, HeadKind, HeadScanner, Limits, ResponseError, Scan, accept_key,
     key_from_nonce, parse_request, parse_response,
 };
+use crate::tls::record::MAX_RECORD;
+use crate::tls::{self, TlsStream};
 use crate::transport::{self, Transport, into_poll};
 
 /// What a check was doing when it failed.
@@ -68,12 +74,15 @@ pub enum Failure {
     BadFrame(ProtocolError),
     /// A close frame (with its code, if any) instead of the pong.
     CloseFrame(Option<u16>),
+    /// The TLS handshake with the server failed (a `wss://` upstream).
+    Tls(String),
 }
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Failure::Refused => f.write_str("connection refused"),
+            Failure::Tls(e) => f.write_str(e),
             Failure::TimedOut(Step::AwaitingPong) => f.write_str("no pong within the timeout"),
             Failure::TimedOut(step) => write!(f, "timed out {step}"),
             Failure::Io(step, kind) => write!(f, "{kind} while {step}"),
@@ -239,6 +248,9 @@ pub struct Target {
     pub authority: String,
     /// For the whole check.
     pub timeout: Duration,
+    /// TLS to the server (a `wss://` upstream): the upstream's client
+    /// configuration and the name verified.
+    pub tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
 }
 
 /// Runs one check of `target` within its timeout.
@@ -263,6 +275,17 @@ async fn run(target: &Target, nonces: &Nonces, step: &mut Step) -> Result<(), Fa
     }
     let _ = tcp.set_nodelay(true);
     let mut stream = into_poll(tcp).map_err(|e| Failure::Io(Step::Connecting, e.kind()))?;
+    if let Some((config, name)) = &target.tls {
+        let done = tls::connect(&mut stream, Arc::clone(config), name.clone())
+            .await
+            .map_err(|e| Failure::Tls(e.to_string()))?;
+        // Checks are seconds apart: a pool of its own per check is cheap.
+        let pool = Pool::new(MAX_RECORD + 1024, 1);
+        let mut stream = TlsStream::new(stream, done.conn, &done.leftover, pool);
+        websocket(&mut stream, &target.path, &target.authority, nonces, step).await?;
+        let _ = stream.shutdown_write();
+        return Ok(());
+    }
     websocket(&mut stream, &target.path, &target.authority, nonces, step).await?;
     // The check has passed; what happens to the connection now is not the
     // server's health.

@@ -100,6 +100,7 @@ fn server_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
 
 fn target(addr: SocketAddr, kind: HealthKind, timeout_ms: u64) -> Target {
     Target {
+        tls: None,
         addr,
         kind,
         path: "/health?x=1".into(),
