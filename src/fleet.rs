@@ -10,6 +10,7 @@ use std::cell::RefCell;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
 
@@ -19,7 +20,7 @@ use crate::balance::outlier::{self, OutlierConfig};
 use crate::balance::pick::{LeastConn, Picker, RandomTwo, RoundRobin};
 use crate::balance::retry::{self, RetryBudget};
 use crate::balance::server::{ServerSlot, find_by_id};
-use crate::config::{Balance, Config, HashKey, Upstream};
+use crate::config::{Balance, Config, HashKey, ServerSpec, Upstream};
 use crate::proto::handshake::UpgradeRequest;
 use crate::route;
 
@@ -31,17 +32,81 @@ pub fn now_ms() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
-/// One upstream's shared state.
+/// An upstream's servers as of one resolution: what a handshake picks
+/// from. Replaced whole (never changed in place) when DNS re-resolution
+/// finds other addresses; a handshake keeps the set it started with.
 #[derive(Debug)]
-pub struct UpstreamState {
-    /// One slot per server, in [`Upstream::servers`] order.
+pub struct ServerSet {
+    /// The servers, in entry order.
+    pub specs: Vec<ServerSpec>,
+    /// One slot per server, in the same order. A server that stays across
+    /// sets keeps its slot (and its counts).
     pub slots: Vec<Arc<ServerSlot>>,
     /// The consistent-hashing table, with `balance = "hash"`.
     pub maglev: Option<Arc<Maglev>>,
+    /// Increases with each new set: pickers rebuild when it changes.
+    pub generation: u64,
+}
+
+impl ServerSet {
+    /// A set of `specs`, reusing `old` slots for addresses it had; new
+    /// servers come up now (and ramp up over slow start).
+    pub fn build(
+        u: &Upstream,
+        specs: Vec<ServerSpec>,
+        old: Option<&ServerSet>,
+        generation: u64,
+        now: u64,
+    ) -> ServerSet {
+        let slots: Vec<Arc<ServerSlot>> = specs
+            .iter()
+            .map(|s| {
+                let reused = old.and_then(|o| {
+                    o.specs
+                        .iter()
+                        .position(|x| x.addr == s.addr)
+                        .map(|i| Arc::clone(&o.slots[i]))
+                });
+                reused.unwrap_or_else(|| {
+                    let slot = ServerSlot::new(&s.addr.to_string(), u32::from(s.weight))
+                        .with_backup(s.backup)
+                        .with_limits(u.max_connections, u.max_pending);
+                    slot.mark_up(now);
+                    Arc::new(slot)
+                })
+            })
+            .collect();
+        let maglev =
+            matches!(u.balance, Balance::Hash { .. }).then(|| Arc::new(Maglev::new(&slots)));
+        ServerSet {
+            specs,
+            slots,
+            maglev,
+            generation,
+        }
+    }
+}
+
+/// One upstream's shared state.
+#[derive(Debug)]
+pub struct UpstreamState {
+    set: ArcSwap<ServerSet>,
     /// Passive ejection settings.
     pub outlier: OutlierConfig,
     /// `slow_start` in milliseconds.
     pub slow_start_ms: u64,
+}
+
+impl UpstreamState {
+    /// The current servers.
+    pub fn current(&self) -> Arc<ServerSet> {
+        self.set.load_full()
+    }
+
+    /// Replaces the servers (DNS re-resolution).
+    pub fn replace(&self, set: ServerSet) {
+        self.set.store(Arc::new(set));
+    }
 }
 
 /// Every upstream's shared state, by index into [`Config::upstreams`].
@@ -62,21 +127,8 @@ impl Fleet {
 }
 
 fn state(u: &Upstream, now: u64) -> UpstreamState {
-    let slots: Vec<Arc<ServerSlot>> = u
-        .servers
-        .iter()
-        .map(|s| {
-            let slot = ServerSlot::new(&s.addr.to_string(), u32::from(s.weight))
-                .with_backup(s.backup)
-                .with_limits(u.max_connections, u.max_pending);
-            slot.mark_up(now);
-            Arc::new(slot)
-        })
-        .collect();
-    let maglev = matches!(u.balance, Balance::Hash { .. }).then(|| Arc::new(Maglev::new(&slots)));
     UpstreamState {
-        slots,
-        maglev,
+        set: ArcSwap::from_pointee(ServerSet::build(u, u.servers.clone(), None, 0, now)),
         outlier: OutlierConfig {
             eject_after: u.eject.after,
             eject_base_ms: u.eject.base.as_millis() as u64,
@@ -86,10 +138,34 @@ fn state(u: &Upstream, now: u64) -> UpstreamState {
     }
 }
 
+/// A picker for `set`, seeded per worker so that workers do not move in step.
+fn picker(u: &Upstream, set: &ServerSet, seed: u64) -> Picker {
+    match &u.balance {
+        Balance::RoundRobin => {
+            // Workers start at different servers.
+            let mut rr = RoundRobin::new(set.slots.len());
+            for _ in 0..(seed as usize % set.slots.len().max(1)) {
+                let _ = rr.pick(&set.slots, 0, 0, 0);
+            }
+            Picker::RoundRobin(rr)
+        }
+        Balance::LeastConn => Picker::LeastConn(LeastConn::new(seed as usize)),
+        Balance::RandomTwo => Picker::RandomTwo(RandomTwo::new(seed)),
+        Balance::Hash { factor, .. } => Picker::Hash(HashPicker::new(
+            Arc::clone(set.maglev.as_ref().expect("hash upstreams have a table")),
+            Some(*factor),
+            seed,
+        )),
+    }
+}
+
 /// A worker's pickers and retry budgets, one per upstream.
 #[derive(Debug)]
 pub struct Balancers {
-    pickers: Vec<RefCell<Picker>>,
+    config: Arc<Config>,
+    pickers: Vec<RefCell<(u64, Picker)>>,
+    seeds: Vec<u64>,
+    slow_start_ms: Vec<u64>,
     budgets: Vec<RefCell<RetryBudget>>,
     rng: RefCell<ChaCha8Rng>,
 }
@@ -103,31 +179,18 @@ const MIN_RETRIES: u32 = 100;
 impl Balancers {
     /// A worker's state; `seed` differs per worker so that they do not move
     /// in step.
-    pub fn new(config: &Config, fleet: &Fleet, seed: u64) -> Balancers {
+    pub fn new(config: &Arc<Config>, fleet: &Fleet, seed: u64) -> Balancers {
+        let seeds: Vec<u64> = (0..config.upstreams.len())
+            .map(|i| seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ i as u64)
+            .collect();
         let pickers = config
             .upstreams
             .iter()
             .zip(&fleet.upstreams)
-            .enumerate()
-            .map(|(i, (u, st))| {
-                let seed = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ i as u64;
-                RefCell::new(match &u.balance {
-                    Balance::RoundRobin => {
-                        // Workers start at different servers.
-                        let mut rr = RoundRobin::new(st.slots.len());
-                        for _ in 0..(seed as usize % st.slots.len().max(1)) {
-                            let _ = rr.pick(&st.slots, 0, 0, 0);
-                        }
-                        Picker::RoundRobin(rr)
-                    }
-                    Balance::LeastConn => Picker::LeastConn(LeastConn::new(seed as usize)),
-                    Balance::RandomTwo => Picker::RandomTwo(RandomTwo::new(seed)),
-                    Balance::Hash { factor, .. } => Picker::Hash(HashPicker::new(
-                        Arc::clone(st.maglev.as_ref().expect("hash upstreams have a table")),
-                        Some(*factor),
-                        seed,
-                    )),
-                })
+            .zip(&seeds)
+            .map(|((u, st), &seed)| {
+                let set = st.current();
+                RefCell::new((set.generation, picker(u, &set, seed)))
             })
             .collect();
         let budgets = config
@@ -136,35 +199,43 @@ impl Balancers {
             .map(|u| RefCell::new(RetryBudget::new(u.retry_budget, MIN_RETRIES)))
             .collect();
         Balancers {
+            config: Arc::clone(config),
             pickers,
+            seeds,
+            slow_start_ms: fleet.upstreams.iter().map(|u| u.slow_start_ms).collect(),
             budgets,
             rng: RefCell::new(ChaCha8Rng::seed_from_u64(seed ^ 0x5eed)),
         }
     }
 
-    /// The server for one attempt of a handshake to `upstream`: the sticky
-    /// server first when it can take it, else the upstream's algorithm.
-    /// `skip` masks servers already tried in this handshake.
+    /// The server of `set` for one attempt of a handshake to `upstream`:
+    /// the sticky server first when it can take it, else the upstream's
+    /// algorithm. `skip` masks servers already tried in this handshake.
     pub fn pick(
         &self,
-        fleet: &Fleet,
         upstream: usize,
+        set: &ServerSet,
         key: Option<u64>,
         sticky: Option<u64>,
         skip: u64,
     ) -> Option<usize> {
-        let st = &fleet.upstreams[upstream];
         let now = now_ms();
         if let Some(id) = sticky
-            && let Some(i) = find_by_id(&st.slots, id)
+            && let Some(i) = find_by_id(&set.slots, id)
             && (i >= 64 || (skip >> i) & 1 == 0)
-            && st.slots[i].eligible(now)
+            && set.slots[i].eligible(now)
         {
             return Some(i);
         }
-        self.pickers[upstream]
-            .borrow_mut()
-            .pick(&st.slots, key, skip, now, st.slow_start_ms)
+        let mut p = self.pickers[upstream].borrow_mut();
+        if p.0 != set.generation {
+            // The servers changed: a picker for the new set.
+            *p = (
+                set.generation,
+                picker(&self.config.upstreams[upstream], set, self.seeds[upstream]),
+            );
+        }
+        p.1.pick(&set.slots, key, skip, now, self.slow_start_ms[upstream])
     }
 
     /// Counts a handshake toward the retry budget.
@@ -227,23 +298,23 @@ impl Drop for Pending {
     }
 }
 
-/// Whether a server not yet tried (`skip`) could take a connection now.
-pub fn has_candidate(st: &UpstreamState, skip: u64) -> bool {
+/// Whether a server of `set` not yet tried (`skip`) could take a
+/// connection now.
+pub fn has_candidate(set: &ServerSet, skip: u64) -> bool {
     let now = now_ms();
-    st.slots
+    set.slots
         .iter()
         .enumerate()
         .any(|(i, s)| (i >= 64 || (skip >> i) & 1 == 0) && s.eligible(now))
 }
 
 /// Records the outcome of an attempt on a server (passive ejection).
-pub fn record(st: &UpstreamState, server: usize, ok: bool) -> bool {
-    let slot = &st.slots[server];
+pub fn record(slot: &ServerSlot, outlier: &OutlierConfig, ok: bool) -> bool {
     if ok {
-        outlier::record_success(slot, now_ms(), &st.outlier);
+        outlier::record_success(slot, now_ms(), outlier);
         false
     } else {
-        outlier::record_failure(slot, now_ms(), &st.outlier)
+        outlier::record_failure(slot, now_ms(), outlier)
     }
 }
 
@@ -303,16 +374,16 @@ pub fn sticky_set_cookie(name: &str, slot: &ServerSlot, secure: bool) -> String 
 #[derive(Debug)]
 pub struct Attempt<'a> {
     st: &'a UpstreamState,
-    server: usize,
+    slot: Arc<ServerSlot>,
     ok: bool,
 }
 
 impl<'a> Attempt<'a> {
-    /// An attempt on server `server` of `st`.
-    pub fn new(st: &'a UpstreamState, server: usize) -> Attempt<'a> {
+    /// An attempt on `slot`, a server of `st`.
+    pub fn new(st: &'a UpstreamState, slot: &Arc<ServerSlot>) -> Attempt<'a> {
         Attempt {
             st,
-            server,
+            slot: Arc::clone(slot),
             ok: false,
         }
     }
@@ -325,9 +396,9 @@ impl<'a> Attempt<'a> {
 
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
-        if record(self.st, self.server, self.ok) {
+        if record(&self.slot, &self.st.outlier, self.ok) {
             tracing::warn!(
-                backend = self.st.slots[self.server].addr(),
+                backend = self.slot.addr(),
                 "ejected after {} failures in a row",
                 self.st.outlier.eject_after
             );

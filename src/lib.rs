@@ -18,6 +18,7 @@ pub mod listener;
 pub mod pool;
 pub mod proto;
 pub mod relay;
+pub mod resolve;
 pub mod route;
 pub mod server;
 pub mod session;

@@ -8,11 +8,13 @@ use std::thread::JoinHandle;
 
 use tracing::{error, info, warn};
 
+use crate::config::system_resolve;
 use crate::config::{Config, IoDriver};
 use crate::control::{self, Control, ControlSender};
 use crate::fleet::Fleet;
 use crate::health::{self, HealthChecker};
 use crate::listener::bind_all;
+use crate::resolve::{self, Resolver, Resolving};
 use crate::stats::Stats;
 use crate::tls::setup::TlsSetup;
 use crate::worker::{self, WorkerSpec};
@@ -37,6 +39,8 @@ pub struct Server {
     threads: Vec<JoinHandle<()>>,
     /// Stops the health checks when the server is shut down or dropped.
     health: Option<HealthChecker>,
+    /// Stops DNS re-resolution likewise.
+    resolving: Option<Resolving>,
 }
 
 /// Why [`Server::start`] failed. Nothing is served when it is returned;
@@ -126,6 +130,12 @@ impl Server {
     /// has its runtime up; errors (address in use, io_uring refused when
     /// forced) are returned here, before anything is served.
     pub fn start(config: Config) -> Result<Server, StartError> {
+        Server::start_with_resolver(config, Arc::new(system_resolve))
+    }
+
+    /// [`Server::start`] with host names re-resolved (`resolve_interval`)
+    /// by `resolver` (tests inject one).
+    pub fn start_with_resolver(config: Config, resolver: Resolver) -> Result<Server, StartError> {
         let config = Arc::new(config);
         let n = if config.workers == 0 {
             default_workers()
@@ -213,6 +223,7 @@ impl Server {
             }
         }
         let health = health::spawn(Arc::clone(&config), Arc::clone(&fleet), &tls);
+        let resolving = resolve::spawn(Arc::clone(&config), Arc::clone(&fleet), resolver);
         Ok(Server {
             addrs,
             echo_addr,
@@ -223,6 +234,7 @@ impl Server {
             control: senders,
             threads,
             health,
+            resolving,
         })
     }
 
@@ -231,6 +243,9 @@ impl Server {
     pub fn shutdown(self) {
         if let Some(h) = self.health {
             h.stop();
+        }
+        if let Some(mut r) = self.resolving {
+            r.stop();
         }
         for c in &self.control {
             // Err: that worker has exited already; nothing to tell it.

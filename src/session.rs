@@ -678,16 +678,17 @@ async fn handshake(
         }
         wait
     };
-    let (backend, server, server_index, up, attempt, _pending) = loop {
-        let Some(i) = ctx
-            .balancers
-            .pick(&ctx.fleet, up_index, hash_key, sticky, skip)
-        else {
+    // The servers as of now (DNS re-resolution may replace them; this
+    // handshake keeps the set it started with).
+    let mut set = fleet_up.current();
+    let (backend, server, slot, up, attempt, _pending) = loop {
+        let Some(i) = ctx.balancers.pick(up_index, &set, hash_key, sticky, skip) else {
             if let Some(f) = fallback.take() {
                 info!(worker = ctx.id, client = %peer, upstream = %up_cfg.name, fallback = %cfg.upstreams[f].name, "no server can take the connection: trying the fallback upstream");
                 up_index = f;
                 up_cfg = &cfg.upstreams[f];
                 fleet_up = &ctx.fleet.upstreams[f];
+                set = fleet_up.current();
                 (hash_key, sticky) = keys(up_cfg);
                 skip = 0;
                 ctx.balancers.handshake_started(up_index);
@@ -701,13 +702,15 @@ async fn handshake(
         if i < 64 {
             skip |= 1 << i;
         }
-        let server = up_cfg.servers[i].addr;
-        let pending = fleet::Pending::new(&fleet_up.slots[i]);
-        let mut backend = match connect_one(ctx, up_index, i, server).await {
+        let spec = &set.specs[i];
+        let server = spec.addr;
+        let slot = Arc::clone(&set.slots[i]);
+        let pending = fleet::Pending::new(&slot);
+        let mut backend = match connect_one(ctx, up_index, &spec.host, server).await {
             Ok(b) => b,
             Err(error) => {
                 drop(pending);
-                drop(fleet::Attempt::new(fleet_up, i));
+                drop(fleet::Attempt::new(fleet_up, &slot));
                 warn!(worker = ctx.id, backend = %server, "{error}");
                 // A backend whose certificate fails is not retried on the
                 // next server: the client hears why (502), the log says it.
@@ -734,10 +737,8 @@ async fn handshake(
         };
         // Passive health: the attempt counts as a failure unless the
         // backend gives an answer below 500.
-        let mut attempt = fleet::Attempt::new(fleet_up, i);
-        let host = route
-            .host_header
-            .value(req.host(), &up_cfg.servers[i].authority);
+        let mut attempt = fleet::Attempt::new(fleet_up, &slot);
+        let host = route.host_header.value(req.host(), &spec.authority);
         let mut nonce = [0u8; 16];
         {
             let mut keys = ctx.relay.keys.borrow_mut();
@@ -761,7 +762,7 @@ async fn handshake(
         let error = match exchange(ctx, &mut backend, server, &request, &expect).await {
             Ok(Exchanged::Upgraded(up)) => {
                 attempt.ok();
-                break (backend, server, i, up, attempt, pending);
+                break (backend, server, slot, up, attempt, pending);
             }
             Ok(Exchanged::Answered { status, resp, n }) => {
                 if status < 500 {
@@ -770,7 +771,7 @@ async fn handshake(
                 // Retried only where another server could answer; otherwise
                 // the client gets this backend's own answer.
                 if matches!(status, 502..=504)
-                    && fleet::has_candidate(fleet_up, skip)
+                    && fleet::has_candidate(&set, skip)
                     && let Some(wait) = may_retry(up_cfg, up_index, retried)
                 {
                     warn!(worker = ctx.id, backend = %server, status, "answered {status} to the upgrade: retrying on another server");
@@ -814,11 +815,10 @@ async fn handshake(
         protocol.as_deref(),
         extensions.as_deref(),
     );
-    let slot = &fleet_up.slots[server_index];
     if let Some(name) = &up_cfg.sticky_cookie
         && sticky != Some(slot.id())
     {
-        let cookie = fleet::sticky_set_cookie(name, slot, tls.is_some());
+        let cookie = fleet::sticky_set_cookie(name, &slot, tls.is_some());
         switching = with_set_cookie(switching, &cookie);
     }
     timed(hs_timeout, transport::write_all(client, &switching))
@@ -830,7 +830,7 @@ async fn handshake(
     // 6. Hand over, with the bytes that came after the heads.
     drop(attempt);
     Ok(Upgraded {
-        active: fleet::Active::new(slot),
+        active: fleet::Active::new(&slot),
         compressed: extensions.is_some(),
         from_client: head[head_len..].to_vec(),
         from_backend: resp[resp_len..].to_vec(),
@@ -1007,11 +1007,12 @@ async fn relay_answer(
     }
 }
 
-/// One connect (and TLS, when the upstream has it) to server `i`.
+/// One connect (and TLS, when the upstream has it, verifying `host`) to
+/// `server`.
 async fn connect_one(
     ctx: &WorkerCtx,
     up: usize,
-    i: usize,
+    host: &str,
     server: Server,
 ) -> Result<Stream, HandshakeError> {
     let addr = match server {
@@ -1033,7 +1034,7 @@ async fn connect_one(
         Err(cause) => Err(cause),
     }
     .map_err(|cause| HandshakeError::backend(server, Step::Connecting, cause))?;
-    secure(ctx, up, i, tcp)
+    secure(ctx, up, host, tcp)
         .await
         .map_err(|cause| HandshakeError::backend(server, Step::TlsHandshake, cause))
 }
@@ -1043,7 +1044,7 @@ async fn connect_one(
 async fn secure(
     ctx: &WorkerCtx,
     upstream: usize,
-    server: usize,
+    server_host: &str,
     mut tcp: TcpStreamPoll,
 ) -> Result<Stream, Cause> {
     let Some(config) = ctx.tls.upstreams.get(upstream).and_then(Option::as_ref) else {
@@ -1051,13 +1052,8 @@ async fn secure(
     };
     let t = ctx.config.upstreams[upstream].tls.as_ref();
     let host = t
-        .and_then(|t| {
-            t.client.sni.as_deref().or(ctx.config.upstreams[upstream]
-                .servers
-                .get(server)
-                .map(|s| s.host.as_str()))
-        })
-        .unwrap_or_default();
+        .and_then(|t| t.client.sni.as_deref())
+        .unwrap_or(server_host);
     let name = tls::setup::server_name(host).map_err(|e| Cause::Tls(e.to_string().into()))?;
     match monoio::time::timeout(
         ctx.config.timeouts.handshake,

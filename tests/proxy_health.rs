@@ -188,8 +188,8 @@ fn proxy(driver: IoDriver, servers: &[SocketAddr], extra: &str, health: &str) ->
 const WEBSOCKET: &str = "kind = \"websocket\"\npath = \"/health\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nrise = 2\nfall = 2";
 const TCP: &str = "kind = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nrise = 2\nfall = 2";
 
-fn slot(p: &Proxy, i: usize) -> &ServerSlot {
-    &p.server().fleet().upstreams[0].slots[i]
+fn slot(p: &Proxy, i: usize) -> Arc<ServerSlot> {
+    Arc::clone(&p.server().fleet().upstreams[0].current().slots[i])
 }
 
 /// Polls `cond` every 5 ms until it holds; fails with `what` after

@@ -514,7 +514,7 @@ async fn wss_health_check(driver: IoDriver) {
             ca
         );
         let proxy = Proxy::start_config(driver, wsedge::config::Config::parse(&text, "x").unwrap());
-        let slot = &proxy.server().fleet().upstreams[0].slots[0];
+        let slot = Arc::clone(&proxy.server().fleet().upstreams[0].current().slots[0]);
         if want == ServerState::Down {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
             while slot.state() != want && tokio::time::Instant::now() < deadline {

@@ -946,10 +946,6 @@ impl Config {
             if u.rebalance.is_some() {
                 pending.push("rebalance");
             }
-            let d = Upstream::defaults(String::new(), Vec::new(), Vec::new());
-            if u.resolve_interval != d.resolve_interval {
-                pending.push("resolve_interval (names are resolved once, at start)");
-            }
             if !pending.is_empty() {
                 w.push(format!(
                     "upstream {:?}: not active in this build yet: {}",

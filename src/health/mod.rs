@@ -38,6 +38,7 @@
 //!   upstream's `ca`, `sni`, client certificate); a `tcp` check is a TCP
 //!   connect.
 
+use std::collections::HashSet;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -54,6 +55,7 @@ use crate::control::{self, Control, ControlReceiver, ControlSender};
 use crate::fleet::{Fleet, now_ms};
 use crate::relay::Shutdown;
 use crate::tls::setup::{TlsSetup, server_name};
+use rustls::ClientConfig;
 
 pub mod probe;
 
@@ -98,6 +100,8 @@ impl Drop for HealthChecker {
 struct Watch {
     /// `backend ADDR (upstream "NAME")`, for the log lines.
     label: String,
+    /// Index of its upstream.
+    upstream: usize,
     target: Target,
     slot: Arc<ServerSlot>,
     rise: u32,
@@ -112,14 +116,14 @@ struct Watch {
 /// thread cannot be started (logged at `error`; the servers then stay up,
 /// as without checks).
 pub fn spawn(config: Arc<Config>, fleet: Arc<Fleet>, tls: &TlsSetup) -> Option<HealthChecker> {
-    let watches = watches(&config, &fleet, tls);
     if config.upstreams.iter().all(|u| u.health.is_none()) {
         return None;
     }
+    let clients = tls.upstreams.clone();
     let (sender, receiver) = control::channel();
     let thread = std::thread::Builder::new()
         .name("wsedge-health".into())
-        .spawn(move || run(watches, receiver));
+        .spawn(move || run(config, fleet, clients, receiver));
     match thread {
         Ok(t) => Some(HealthChecker {
             control: Some(sender),
@@ -132,53 +136,74 @@ pub fn spawn(config: Arc<Config>, fleet: Arc<Fleet>, tls: &TlsSetup) -> Option<H
     }
 }
 
-fn watches(config: &Config, fleet: &Fleet, tls: &TlsSetup) -> Vec<Watch> {
+/// Watches for the servers of upstream `i` in its current set that are not
+/// watched yet (`watched`: their slots' addresses), which it then records.
+fn watches_for(
+    config: &Config,
+    fleet: &Fleet,
+    clients: &[Option<Arc<ClientConfig>>],
+    i: usize,
+    watched: &mut HashSet<usize>,
+) -> Vec<Watch> {
+    let u = &config.upstreams[i];
+    let Some(h) = &u.health else {
+        return Vec::new();
+    };
+    let client = clients.get(i).and_then(Option::as_ref);
+    let set = fleet.upstreams[i].current();
     let mut out = Vec::new();
-    for (i, (u, st)) in config.upstreams.iter().zip(&fleet.upstreams).enumerate() {
-        let Some(h) = &u.health else { continue };
-        let kind = h.kind;
-        let client = tls.upstreams.get(i).and_then(Option::as_ref);
-        for (spec, slot) in u.servers.iter().zip(&st.slots) {
-            let Server::Addr(addr) = spec.addr else {
-                continue; // builtin:echo: up while the proxy is (see above)
-            };
-            let tls = match client {
-                None => None,
-                Some(c) => {
-                    let sni = u.tls.as_ref().and_then(|t| t.client.sni.as_deref());
-                    match server_name(sni.unwrap_or(&spec.host)) {
-                        Ok(name) => Some((Arc::clone(c), name)),
-                        // Checked at start (TlsSetup::build): cannot happen.
-                        Err(e) => {
-                            error!(upstream = %u.name, "health check of {addr}: {e}");
-                            continue;
-                        }
+    for (spec, slot) in set.specs.iter().zip(&set.slots) {
+        let Server::Addr(addr) = spec.addr else {
+            continue; // builtin:echo: up while the proxy is (see above)
+        };
+        if !watched.insert(Arc::as_ptr(slot) as usize) {
+            continue;
+        }
+        let tls = match client {
+            None => None,
+            Some(c) => {
+                let sni = u.tls.as_ref().and_then(|t| t.client.sni.as_deref());
+                match server_name(sni.unwrap_or(&spec.host)) {
+                    Ok(name) => Some((Arc::clone(c), name)),
+                    // Checked at start (TlsSetup::build): cannot happen.
+                    Err(e) => {
+                        error!(upstream = %u.name, "health check of {addr}: {e}");
+                        continue;
                     }
                 }
-            };
-            out.push(Watch {
-                label: format!("backend {addr} (upstream {:?})", u.name),
-                target: Target {
-                    addr,
-                    kind,
-                    path: h.path.clone(),
-                    authority: spec.authority.clone(),
-                    timeout: h.timeout,
-                    tls,
-                },
-                slot: Arc::clone(slot),
-                rise: h.rise,
-                fall: h.fall,
-                interval_ms: h.interval.as_millis() as u64,
-                slow_start: u.slow_start,
-            });
-        }
+            }
+        };
+        out.push(Watch {
+            label: format!("backend {addr} (upstream {:?})", u.name),
+            upstream: i,
+            target: Target {
+                addr,
+                kind: h.kind,
+                path: h.path.clone(),
+                authority: spec.authority.clone(),
+                timeout: h.timeout,
+                tls,
+            },
+            slot: Arc::clone(slot),
+            rise: h.rise,
+            fall: h.fall,
+            interval_ms: h.interval.as_millis() as u64,
+            slow_start: u.slow_start,
+        });
     }
     out
 }
 
+/// How often the thread looks for servers DNS re-resolution added.
+const FOLLOW_SETS: Duration = Duration::from_secs(1);
+
 /// The thread: a runtime with one task per server, until told to stop.
-fn run(watches: Vec<Watch>, mut control: ControlReceiver) {
+fn run(
+    config: Arc<Config>,
+    fleet: Arc<Fleet>,
+    clients: Vec<Option<Arc<ClientConfig>>>,
+    mut control: ControlReceiver,
+) {
     let rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
         .enable_timer()
         .build();
@@ -191,12 +216,37 @@ fn run(watches: Vec<Watch>, mut control: ControlReceiver) {
     };
     rt.block_on(async move {
         let stop = Rc::new(Shutdown::default());
-        let tasks: Vec<_> = watches
-            .into_iter()
-            .map(|w| monoio::spawn(watch(w, Rc::clone(&stop))))
-            .collect();
-        // Stop, or None: the checker is gone.
-        let _ = control.recv().await;
+        let mut watched: Vec<HashSet<usize>> = vec![HashSet::new(); config.upstreams.len()];
+        let mut tasks = Vec::new();
+        for (i, seen) in watched.iter_mut().enumerate() {
+            for w in watches_for(&config, &fleet, &clients, i, seen) {
+                tasks.push(monoio::spawn(watch(w, Arc::clone(&fleet), Rc::clone(&stop))));
+            }
+        }
+        // Servers that DNS re-resolution adds get checks of their own; those
+        // it removes stop being checked (see `watch`).
+        let follows = config
+            .upstreams
+            .iter()
+            .any(|u| u.health.is_some() && !u.resolve_interval.is_zero());
+        let mut generations: Vec<u64> = fleet.upstreams.iter().map(|u| u.current().generation).collect();
+        loop {
+            monoio::select! {
+                // Stop, or None: the checker is gone.
+                _ = control.recv() => break,
+                _ = monoio::time::sleep(FOLLOW_SETS), if follows => {
+                    for (i, seen) in watched.iter_mut().enumerate() {
+                        let g = fleet.upstreams[i].current().generation;
+                        if g != generations[i] {
+                            generations[i] = g;
+                            for w in watches_for(&config, &fleet, &clients, i, seen) {
+                                tasks.push(monoio::spawn(watch(w, Arc::clone(&fleet), Rc::clone(&stop))));
+                            }
+                        }
+                    }
+                }
+            }
+        }
         stop.fire();
         for t in tasks {
             t.await;
@@ -212,7 +262,7 @@ fn kind_name(kind: HealthKind) -> &'static str {
 }
 
 /// Checks one server until `stop` fires.
-async fn watch(w: Watch, stop: Rc<Shutdown>) {
+async fn watch(w: Watch, fleet: Arc<Fleet>, stop: Rc<Shutdown>) {
     let mut rng = ChaCha8Rng::from_entropy();
     let mut health = HealthState::new(w.rise, w.fall, true);
     let (mut passed, mut failed) = (0u32, 0u32);
@@ -222,6 +272,19 @@ async fn watch(w: Watch, stop: Rc<Shutdown>) {
         monoio::select! {
             _ = monoio::time::sleep(Duration::from_millis(wait)) => {}
             _ = stop.fired() => return,
+        }
+        // A server DNS re-resolution removed is no longer checked.
+        if !fleet.upstreams[w.upstream]
+            .current()
+            .slots
+            .iter()
+            .any(|s| Arc::ptr_eq(s, &w.slot))
+        {
+            debug!(
+                "{}: no longer a server of its upstream: checks end",
+                w.label
+            );
+            return;
         }
         let started = now_ms();
         let nonces = Nonces::draw(&mut rng);
@@ -308,6 +371,7 @@ mod tests {
         // Nothing was decided: one check never finished.
         assert!(
             fleet.upstreams[0]
+                .current()
                 .slots
                 .iter()
                 .all(|s| s.state() == crate::balance::server::ServerState::Up)
