@@ -262,6 +262,11 @@ impl Balancers {
     }
 }
 
+/// A server's key in the registry: its slot's address.
+pub fn slot_key(slot: &Arc<ServerSlot>) -> usize {
+    Arc::as_ptr(slot) as usize
+}
+
 /// A connection counted on its server until dropped.
 #[derive(Debug)]
 pub struct Active(Arc<ServerSlot>);
@@ -271,6 +276,12 @@ impl Active {
     pub fn new(slot: &Arc<ServerSlot>) -> Active {
         slot.acquire();
         Active(Arc::clone(slot))
+    }
+
+    /// Its server, as a key: the address of the server's slot (what the
+    /// registry's [`Tag::server`](crate::relay::Tag) holds).
+    pub fn slot_key(&self) -> usize {
+        slot_key(&self.0)
     }
 }
 

@@ -17,6 +17,7 @@ pub mod health;
 pub mod listener;
 pub mod pool;
 pub mod proto;
+pub mod rebalance;
 pub mod relay;
 pub mod resolve;
 pub mod route;

@@ -198,6 +198,7 @@ impl Server {
                 config: Arc::clone(&config),
                 tls: Arc::clone(&tls),
                 fleet: Arc::clone(&fleet),
+                workers: n,
                 stats: s,
                 control: receiver,
                 ready: tx,

@@ -34,7 +34,7 @@ use crate::proto::handshake::{
     HeadScanner, Rejection, RelayedAnswer, ResponseError, Scan, build_backend_request,
     build_switching_response, parse_request, parse_response, simple_response, with_set_cookie,
 };
-use crate::relay::{Outcome, Relay, RelayConfig};
+use crate::relay::{Outcome, Relay, RelayConfig, Tag};
 use crate::route::RequestView;
 use crate::tls::{self, Established, TlsStream};
 use crate::transport::{self, Stream, Transport, into_poll};
@@ -310,8 +310,14 @@ struct Info {
     path: String,
     server: Server,
     started: Instant,
+    /// When it was upgraded, on the balancers' clock.
+    since_ms: u64,
     /// Counts the connection on its server until the session ends.
-    _active: fleet::Active,
+    active: fleet::Active,
+    /// Its upstream's index.
+    upstream: usize,
+    /// Its entry in the worker's registry is written.
+    tagged: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -350,7 +356,23 @@ impl Future for Session {
                     }
                 },
                 State::Relaying(relay, info) => {
-                    let outcome = ready!(Pin::new(relay).poll(cx));
+                    let polled = Pin::new(&mut *relay).poll(cx);
+                    if !info.tagged
+                        && let Some(slot) = relay.registry_slot()
+                    {
+                        // What the rebalancer and operators choose by.
+                        this.ctx.relay.shutdown.set_tag(
+                            slot,
+                            Tag {
+                                upstream: info.upstream,
+                                server: info.active.slot_key(),
+                                since_ms: info.since_ms,
+                                closing: false,
+                            },
+                        );
+                        info.tagged = true;
+                    }
+                    let outcome = ready!(polled);
                     closed(&this.ctx, info, &outcome);
                     this.state = State::Done;
                     return Poll::Ready(());
@@ -465,7 +487,10 @@ async fn start(
             path: up.path,
             server: up.server,
             started,
-            _active: up.active,
+            since_ms: fleet::now_ms(),
+            active: up.active,
+            upstream: up.upstream,
+            tagged: false,
         }),
     ))
 }
@@ -569,6 +594,7 @@ struct Upgraded {
     backend: Stream,
     server: Server,
     active: fleet::Active,
+    upstream: usize,
     path: String,
     route: usize,
     compressed: bool,
@@ -831,6 +857,7 @@ async fn handshake(
     drop(attempt);
     Ok(Upgraded {
         active: fleet::Active::new(&slot),
+        upstream: up_index,
         compressed: extensions.is_some(),
         from_client: head[head_len..].to_vec(),
         from_backend: resp[resp_len..].to_vec(),

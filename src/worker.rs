@@ -99,6 +99,8 @@ pub struct WorkerSpec {
     pub tls: Arc<TlsSetup>,
     /// Every server's shared state.
     pub fleet: Arc<Fleet>,
+    /// How many workers the server runs.
+    pub workers: usize,
     /// The worker's end of its control channel.
     pub control: ControlReceiver,
     /// Tells the starter which driver came up (or why the one configured
@@ -176,6 +178,7 @@ async fn worker_main(spec: WorkerSpec) {
         config,
     });
     monoio::spawn(trim_pool(Rc::clone(&ctx.relay.pool)));
+    monoio::spawn(crate::rebalance::run(Rc::clone(&ctx), spec.workers));
 
     if let Some(echo) = spec.echo {
         match TcpListener::from_std(echo) {

@@ -940,21 +940,9 @@ impl Config {
     /// behaviour lands): logged at start and by `--check-config`, so that
     /// no key is silently ignored.
     pub fn warnings(&self) -> Vec<String> {
-        let mut w = Vec::new();
-        for u in &self.upstreams {
-            let mut pending = Vec::new();
-            if u.rebalance.is_some() {
-                pending.push("rebalance");
-            }
-            if !pending.is_empty() {
-                w.push(format!(
-                    "upstream {:?}: not active in this build yet: {}",
-                    u.name,
-                    pending.join(", ")
-                ));
-            }
-        }
-        w
+        // Every key of issue 9 is active now; keys that land before their
+        // behaviour are named here.
+        Vec::new()
     }
 
     /// Whether any upstream uses the built-in echo server.

@@ -213,6 +213,8 @@ pub struct Rebalance {
     pub max_skew: f64,
     /// Most connections closed (with 1012) per second, over the upstream.
     pub closes_per_second: f64,
+    /// How long a server must stay over before its excess is closed.
+    pub sustain: Duration,
 }
 
 // ---------------------------------------------------------------------------
@@ -314,6 +316,7 @@ struct FileHealth {
 struct FileRebalance {
     max_skew: f64,
     closes_per_second: f64,
+    sustain: Option<Secs>,
 }
 
 /// How a host name becomes addresses (injectable for tests).
@@ -660,9 +663,17 @@ pub(super) fn build(u: &FileUpstream, resolve: Resolve<'_>) -> Result<Upstream, 
                 "rebalance.closes_per_second must be above 0".into(),
             ));
         }
+        let sustain = f.sustain.map_or(Duration::from_secs(30), |s| s.0);
+        if sustain > MAX_TIMEOUT {
+            return Err((
+                Some(r.span()),
+                "rebalance.sustain must be at most 7 days".into(),
+            ));
+        }
         up.rebalance = Some(Rebalance {
             max_skew: f.max_skew,
             closes_per_second: f.closes_per_second,
+            sustain,
         });
     }
     if let Some(r) = &u.resolve_interval {
@@ -835,7 +846,8 @@ fall = 2
             u.rebalance,
             Some(Rebalance {
                 max_skew: 1.5,
-                closes_per_second: 20.0
+                closes_per_second: 20.0,
+                sustain: Duration::from_secs(30),
             })
         );
         assert_eq!(u.resolve_interval, Duration::ZERO);

@@ -64,6 +64,13 @@ impl<C, B> std::fmt::Debug for Relay<C, B> {
     }
 }
 
+impl<C, B> Relay<C, B> {
+    /// Its slot in the worker's registry, once it has been polled.
+    pub fn registry_slot(&self) -> Option<usize> {
+        self.shutdown_slot
+    }
+}
+
 impl<C: Transport, B: Transport> Relay<C, B> {
     /// A relay between `client` and `backend`. `from_client` and
     /// `from_backend` are bytes that came after the handshake heads,
@@ -247,6 +254,12 @@ impl<C: Transport, B: Transport> Future for Relay<C, B> {
         }
         if shutdown.is_fired() {
             this.core.shutdown(now);
+        }
+        if let Some(r) = this
+            .shutdown_slot
+            .and_then(|slot| shutdown.take_request(slot))
+        {
+            this.core.close(r.why, r.code, r.reason, now);
         }
         let mut timer_fires = 0;
         loop {

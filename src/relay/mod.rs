@@ -25,6 +25,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use crate::pool::Pool;
+use crate::proto::close::CloseCode;
 use crate::proto::error::ProtocolError;
 use crate::proto::mask::MaskKeyGen;
 
@@ -125,6 +126,9 @@ pub enum Ending {
     RateLimited(Leg),
     /// wsedge closed it: an operator asked.
     ByOperator,
+    /// wsedge closed it (1012) to move it off a server holding more than
+    /// its share (`rebalance`).
+    Rebalanced,
     /// The close handshake did not finish in time; sockets dropped.
     CloseTimeout,
     /// Tunnel mode: both byte streams ended.
@@ -147,12 +151,43 @@ pub struct Outcome {
 }
 
 /// A worker-wide "shutting down" flag that wakes every relay registered
-/// with it. One per worker; relays register their waker once.
+/// with it, and the worker's registry of its relays: one slot per relay,
+/// with what it belongs to ([`Tag`]) and a close request an operator or the
+/// rebalancer can leave for it. One per worker; relays register their
+/// waker once.
 #[derive(Debug, Default)]
 pub struct Shutdown {
     fired: Cell<bool>,
     wakers: RefCell<Vec<Option<Waker>>>,
     free: RefCell<Vec<usize>>,
+    tags: RefCell<Vec<Option<Tag>>>,
+    requests: RefCell<Vec<Option<CloseRequest>>>,
+    /// Some request is waiting: relays look only when this is set.
+    requested: Cell<bool>,
+}
+
+/// What a registered relay belongs to, for choosing which to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tag {
+    /// Its upstream's index.
+    pub upstream: usize,
+    /// Its server, as the address of the server's shared slot.
+    pub server: usize,
+    /// When it was upgraded (`fleet::now_ms`).
+    pub since_ms: u64,
+    /// A close was requested already.
+    pub closing: bool,
+}
+
+/// A close a relay is asked to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseRequest {
+    /// What its outcome will report.
+    pub why: Ending,
+    /// The close code both legs get.
+    pub code: CloseCode,
+    /// The reason both legs get.
+    pub reason: &'static str,
 }
 
 impl Shutdown {
@@ -226,7 +261,65 @@ impl Shutdown {
 
     fn unregister(&self, slot: usize) {
         self.wakers.borrow_mut()[slot] = None;
+        if let Some(t) = self.tags.borrow_mut().get_mut(slot) {
+            *t = None;
+        }
+        if let Some(r) = self.requests.borrow_mut().get_mut(slot) {
+            *r = None;
+        }
         self.free.borrow_mut().push(slot);
+    }
+
+    /// Records what the relay in `slot` belongs to.
+    pub fn set_tag(&self, slot: usize, tag: Tag) {
+        let mut tags = self.tags.borrow_mut();
+        if tags.len() <= slot {
+            tags.resize(slot + 1, None);
+        }
+        tags[slot] = Some(tag);
+    }
+
+    /// The registered relays with a tag: `(slot, tag)`.
+    pub fn tagged(&self) -> Vec<(usize, Tag)> {
+        self.tags
+            .borrow()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| t.map(|t| (i, t)))
+            .collect()
+    }
+
+    /// Asks the relay in `slot` to close, and wakes it.
+    pub fn request_close(&self, slot: usize, request: CloseRequest) {
+        {
+            let mut r = self.requests.borrow_mut();
+            if r.len() <= slot {
+                r.resize(slot + 1, None);
+            }
+            r[slot] = Some(request);
+        }
+        self.requested.set(true);
+        if let Some(Some(t)) = self.tags.borrow_mut().get_mut(slot) {
+            t.closing = true;
+        }
+        let waker = self.wakers.borrow().get(slot).cloned().flatten();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// The close request left for `slot`, if any (a `Cell` read when none
+    /// is waiting anywhere).
+    fn take_request(&self, slot: usize) -> Option<CloseRequest> {
+        if !self.requested.get() {
+            return None;
+        }
+        let mut r = self.requests.borrow_mut();
+        let taken = r.get_mut(slot).and_then(Option::take);
+        if r.iter().all(Option::is_none) {
+            self.requested.set(false);
+        }
+        taken
     }
 }
 
@@ -273,6 +366,7 @@ impl fmt::Display for Ending {
             Ending::Expired => f.write_str("connection deadline passed"),
             Ending::RateLimited(leg) => write!(f, "{} over its rate limit", side(leg)),
             Ending::ByOperator => f.write_str("closed by operator"),
+            Ending::Rebalanced => f.write_str("closed to rebalance (1012)"),
             Ending::CloseTimeout => f.write_str("close handshake timed out"),
             Ending::TunnelEnded => f.write_str("tunnel streams ended"),
         }
