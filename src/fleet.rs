@@ -7,7 +7,8 @@
 //! [`crate::balance`]). Nothing here runs per frame.
 
 use std::cell::RefCell;
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -19,7 +20,7 @@ use crate::balance::maglev::{HashPicker, Maglev};
 use crate::balance::outlier::{self, OutlierConfig};
 use crate::balance::pick::{LeastConn, Picker, RandomTwo, RoundRobin};
 use crate::balance::retry::{self, RetryBudget};
-use crate::balance::server::{ServerSlot, find_by_id};
+use crate::balance::server::{ServerSlot, ServerState, find_by_id};
 use crate::config::{Balance, Config, HashKey, ServerSpec, Upstream};
 use crate::proto::handshake::UpgradeRequest;
 use crate::route;
@@ -91,6 +92,10 @@ impl ServerSet {
 #[derive(Debug)]
 pub struct UpstreamState {
     set: ArcSwap<ServerSet>,
+    /// Servers an operator drains, by [`slot_key`], with the closes per
+    /// second asked of their open connections (0: left to end on their
+    /// own). Read by each worker four times a second, never per frame.
+    drains: Mutex<HashMap<usize, u32>>,
     /// Passive ejection settings.
     pub outlier: OutlierConfig,
     /// `slow_start` in milliseconds.
@@ -106,6 +111,54 @@ impl UpstreamState {
     /// Replaces the servers (DNS re-resolution).
     pub fn replace(&self, set: ServerSet) {
         self.set.store(Arc::new(set));
+    }
+
+    /// The servers being drained with a close rate: `(slot key, closes per
+    /// second)`.
+    pub fn drains(&self) -> Vec<(usize, u32)> {
+        self.drains
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, r)| **r > 0)
+            .map(|(&k, &r)| (k, r))
+            .collect()
+    }
+
+    /// The server whose address is `server` (as `IP:PORT`), in the current
+    /// set.
+    fn find(&self, server: &str) -> Option<Arc<ServerSlot>> {
+        let set = self.current();
+        set.slots.iter().find(|s| s.addr() == server).cloned()
+    }
+
+    /// Drains `server`: no new connections; with `close_per_second` > 0 its
+    /// open connections are closed with 1001 at that pace (over all
+    /// workers), oldest first.
+    pub fn drain(&self, server: &str, close_per_second: u32) -> Result<(), String> {
+        let slot = self
+            .find(server)
+            .ok_or_else(|| format!("no server {server}"))?;
+        slot.set_state(ServerState::Draining);
+        self.drains
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(slot_key(&slot), close_per_second);
+        Ok(())
+    }
+
+    /// Takes `server` out of draining: it is up again (ramping over
+    /// `slow_start`).
+    pub fn enable(&self, server: &str) -> Result<(), String> {
+        let slot = self
+            .find(server)
+            .ok_or_else(|| format!("no server {server}"))?;
+        self.drains
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&slot_key(&slot));
+        slot.mark_up(now_ms());
+        Ok(())
     }
 }
 
@@ -129,6 +182,7 @@ impl Fleet {
 fn state(u: &Upstream, now: u64) -> UpstreamState {
     UpstreamState {
         set: ArcSwap::from_pointee(ServerSet::build(u, u.servers.clone(), None, 0, now)),
+        drains: Mutex::new(HashMap::new()),
         outlier: OutlierConfig {
             eject_after: u.eject.after,
             eject_base_ms: u.eject.base.as_millis() as u64,

@@ -24,11 +24,44 @@ use crate::proto::close::CloseCode;
 use crate::relay::{CloseRequest, Ending};
 use crate::worker::WorkerCtx;
 
+/// Closes this worker's share of the connections of servers an operator
+/// drains with a close rate: 1001, oldest first.
+fn close_drained(ctx: &WorkerCtx, workers: u32) {
+    for (u, st) in ctx.fleet.upstreams.iter().enumerate() {
+        let drains = st.drains();
+        if drains.is_empty() {
+            continue;
+        }
+        let tagged = ctx.relay.shutdown.tagged();
+        for (key, per_second) in drains {
+            // This tick's share of the rate, spread over the workers.
+            let share =
+                (f64::from(per_second) * TICK.as_secs_f64() / f64::from(workers)).ceil() as usize;
+            let mut mine: Vec<(usize, u64)> = tagged
+                .iter()
+                .filter(|(_, t)| t.upstream == u && t.server == key && !t.closing)
+                .map(|&(slot, t)| (slot, t.since_ms))
+                .collect();
+            mine.sort_by_key(|&(_, since)| since);
+            for &(slot, _) in mine.iter().take(share) {
+                ctx.relay.shutdown.request_close(
+                    slot,
+                    CloseRequest {
+                        why: Ending::ByOperator,
+                        code: CloseCode::GOING_AWAY,
+                        reason: "server draining",
+                    },
+                );
+            }
+        }
+    }
+}
+
 /// How often a worker plans.
 const TICK: Duration = Duration::from_millis(250);
 
-/// Runs until the worker shuts down; returns at once when no upstream has
-/// `rebalance`.
+/// Runs until the worker shuts down: rebalancing (for upstreams with
+/// `rebalance`) and the paced closes of drained servers.
 pub async fn run(ctx: Rc<WorkerCtx>, workers: usize) {
     let mut planners: Vec<(usize, Planner)> = ctx
         .config
@@ -47,15 +80,13 @@ pub async fn run(ctx: Rc<WorkerCtx>, workers: usize) {
             ))
         })
         .collect();
-    if planners.is_empty() {
-        return;
-    }
     let workers = workers.max(1) as u32;
     loop {
         monoio::select! {
             _ = monoio::time::sleep(TICK) => {}
             _ = ctx.relay.shutdown.fired() => return,
         }
+        close_drained(&ctx, workers);
         for (u, planner) in &mut planners {
             let st = &ctx.fleet.upstreams[*u];
             let set = st.current();

@@ -35,6 +35,7 @@ pub struct Server {
     pub stats: Vec<Arc<Stats>>,
     tls: Arc<TlsSetup>,
     fleet: Arc<Fleet>,
+    config: Arc<Config>,
     control: Vec<ControlSender>,
     threads: Vec<JoinHandle<()>>,
     /// Stops the health checks when the server is shut down or dropped.
@@ -232,6 +233,7 @@ impl Server {
             stats,
             tls,
             fleet,
+            config: Arc::clone(&config),
             control: senders,
             threads,
             health,
@@ -283,6 +285,29 @@ impl Server {
         if errors.is_empty() {
             info!("certificates reloaded");
         }
+    }
+
+    /// Drains server `server` (`IP:PORT`) of upstream `upstream`: no new
+    /// connections; with `close_per_second` > 0 its open connections are
+    /// closed with 1001 at that pace. The admin API's `drain` calls this.
+    pub fn drain(&self, upstream: &str, server: &str, close_per_second: u32) -> Result<(), String> {
+        self.upstream_state(upstream)?
+            .drain(server, close_per_second)
+    }
+
+    /// Takes a drained server back into rotation.
+    pub fn enable(&self, upstream: &str, server: &str) -> Result<(), String> {
+        self.upstream_state(upstream)?.enable(server)
+    }
+
+    fn upstream_state(&self, upstream: &str) -> Result<&crate::fleet::UpstreamState, String> {
+        let i = self
+            .config
+            .upstreams
+            .iter()
+            .position(|u| u.name == upstream)
+            .ok_or_else(|| format!("no upstream {upstream:?}"))?;
+        Ok(&self.fleet.upstreams[i])
     }
 
     /// Every server's shared state (health, ejection, load), as the

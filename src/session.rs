@@ -694,6 +694,9 @@ async fn handshake(
     let mut skip = 0u64;
     let mut retried = 0u32;
     let mut last: Option<HandshakeError> = None;
+    // Retries, their backoff included, stay within `timeouts.handshake` from
+    // the first attempt.
+    let first_attempt = Instant::now();
     let may_retry = |up_cfg: &crate::config::Upstream, up_index: usize, retried: u32| {
         if retried >= up_cfg.retries {
             return None;
@@ -702,7 +705,13 @@ async fn handshake(
         if wait.is_none() {
             debug!(worker = ctx.id, upstream = %up_cfg.name, "retry budget spent: no retry");
         }
-        wait
+        let wait = wait?;
+        let left = hs_timeout.saturating_sub(first_attempt.elapsed());
+        if Duration::from_millis(wait) >= left {
+            debug!(worker = ctx.id, upstream = %up_cfg.name, "no time left in timeouts.handshake: no retry");
+            return None;
+        }
+        Some(wait)
     };
     // The servers as of now (DNS re-resolution may replace them; this
     // handshake keeps the set it started with).
