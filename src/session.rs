@@ -27,13 +27,14 @@ use monoio::net::TcpStream;
 use monoio::net::tcp::stream_poll::TcpStreamPoll;
 use tracing::{debug, info, warn};
 
-use crate::config::{Balance, Server};
+use crate::config::{Balance, ProxyVersion, Server};
 use crate::fleet;
 use crate::proto::handshake::{
     self, BackendRequest, BackendResponse, BodyError, BodyReader, BodyState, Expect, HeadKind,
     HeadScanner, Rejection, RelayedAnswer, ResponseError, Scan, build_backend_request,
     build_switching_response, parse_request, parse_response, simple_response, with_set_cookie,
 };
+use crate::proto::proxy_protocol::{self, Parsed, ProxyError};
 use crate::relay::{Outcome, Relay, RelayConfig, Tag};
 use crate::route::RequestView;
 use crate::tls::{self, Established, TlsStream};
@@ -418,12 +419,34 @@ async fn start(
 ) -> Option<(Relayed, Box<Info>)> {
     let _ = client.set_nodelay(true);
     let started = Instant::now();
+    // The address the client connected to (for a PROXY header to a backend).
+    let local = client.local_addr().ok();
     let mut tcp = match into_poll(client) {
         Ok(c) => c,
         Err(e) => {
             warn!(worker = ctx.id, client = %peer, "cannot register the socket: {e}");
             return None;
         }
+    };
+    // Behind an L4 balancer: the PROXY header names the real client.
+    let (peer, local, first) = if ctx.config.listeners[listener].proxy_protocol {
+        match timed(ctx.config.timeouts.handshake, read_proxy_header(&mut tcp)).await {
+            Ok(Ok((source, destination, rest))) => {
+                (source.unwrap_or(peer), destination.or(local), rest)
+            }
+            Ok(Err(e)) => {
+                ctx.stats.refused.inc();
+                info!(worker = ctx.id, client = %peer, "dropped: {e}");
+                return None;
+            }
+            Err(cause) => {
+                ctx.stats.refused.inc();
+                info!(worker = ctx.id, client = %peer, "dropped: PROXY protocol header: {cause:?}");
+                return None;
+            }
+        }
+    } else {
+        (peer, local, Vec::new())
     };
     // TLS first on a TLS listener, within the handshake timeout.
     let (mut client, early, tls_info) = match ctx
@@ -432,11 +455,11 @@ async fn start(
         .get(listener)
         .and_then(Option::as_ref)
     {
-        None => (Stream::Tcp(tcp), Vec::new(), None),
+        None => (Stream::Tcp(tcp), first, None),
         Some(acc) => {
             let accepted = monoio::time::timeout(
                 ctx.config.timeouts.handshake,
-                tls::accept(&mut tcp, Arc::clone(&acc.config)),
+                tls::handshake::accept_after(&mut tcp, Arc::clone(&acc.config), first),
             )
             .await;
             let done = match accepted {
@@ -462,7 +485,7 @@ async fn start(
             (Stream::Tls(Box::new(stream)), done.early, Some(done.info))
         }
     };
-    let up = match handshake(&ctx, &mut client, peer, early, tls_info.as_ref()).await {
+    let up = match handshake(&ctx, &mut client, peer, local, early, tls_info.as_ref()).await {
         Ok(up) => up,
         Err(refused) => {
             refuse(&ctx, &mut client, peer, refused).await;
@@ -606,6 +629,7 @@ async fn handshake(
     ctx: &WorkerCtx,
     client: &mut Stream,
     peer: SocketAddr,
+    local: Option<SocketAddr>,
     early: Vec<u8>,
     tls: Option<&Established>,
 ) -> Result<Upgraded, Refused> {
@@ -741,35 +765,43 @@ async fn handshake(
         let server = spec.addr;
         let slot = Arc::clone(&set.slots[i]);
         let pending = fleet::Pending::new(&slot);
-        let mut backend = match connect_one(ctx, up_index, &spec.host, server).await {
-            Ok(b) => b,
-            Err(error) => {
-                drop(pending);
-                drop(fleet::Attempt::new(fleet_up, &slot));
-                warn!(worker = ctx.id, backend = %server, "{error}");
-                // A backend whose certificate fails is not retried on the
-                // next server: the client hears why (502), the log says it.
-                let fatal = matches!(error.cause, Cause::Tls(_));
-                // A timeout is kept over later refusals: the client is told 504.
-                if !matches!(&last, Some(f) if f.cause == Cause::TimedOut) {
-                    last = Some(error);
-                }
-                match (!fatal)
-                    .then(|| may_retry(up_cfg, up_index, retried))
-                    .flatten()
-                {
-                    Some(wait) => {
-                        retried += 1;
-                        backoff(wait).await;
-                        continue;
-                    }
-                    None => {
-                        ctx.stats.backend_failures.inc();
-                        return Err(last.expect("set above").into());
-                    }
-                }
+        let proxy_header = up_cfg.send_proxy_protocol.map(|v| {
+            let dst = local.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+            match v {
+                ProxyVersion::V1 => proxy_protocol::encode_v1(peer, dst),
+                ProxyVersion::V2 => proxy_protocol::encode_v2(peer, dst),
             }
-        };
+        });
+        let mut backend =
+            match connect_one(ctx, up_index, &spec.host, server, proxy_header.as_deref()).await {
+                Ok(b) => b,
+                Err(error) => {
+                    drop(pending);
+                    drop(fleet::Attempt::new(fleet_up, &slot));
+                    warn!(worker = ctx.id, backend = %server, "{error}");
+                    // A backend whose certificate fails is not retried on the
+                    // next server: the client hears why (502), the log says it.
+                    let fatal = matches!(error.cause, Cause::Tls(_));
+                    // A timeout is kept over later refusals: the client is told 504.
+                    if !matches!(&last, Some(f) if f.cause == Cause::TimedOut) {
+                        last = Some(error);
+                    }
+                    match (!fatal)
+                        .then(|| may_retry(up_cfg, up_index, retried))
+                        .flatten()
+                    {
+                        Some(wait) => {
+                            retried += 1;
+                            backoff(wait).await;
+                            continue;
+                        }
+                        None => {
+                            ctx.stats.backend_failures.inc();
+                            return Err(last.expect("set above").into());
+                        }
+                    }
+                }
+            };
         // Passive health: the attempt counts as a failure unless the
         // backend gives an answer below 500.
         let mut attempt = fleet::Attempt::new(fleet_up, &slot);
@@ -875,6 +907,35 @@ async fn handshake(
         server,
         path,
     })
+}
+
+/// Reads a PROXY protocol header (v1 or v2) off the start of `tcp`: the
+/// client's and the original destination's addresses (none for a LOCAL
+/// header) and the bytes read after it.
+async fn read_proxy_header(
+    tcp: &mut TcpStreamPoll,
+) -> io::Result<Result<(Option<SocketAddr>, Option<SocketAddr>, Vec<u8>), ProxyError>> {
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 512];
+    loop {
+        match proxy_protocol::parse(&buf) {
+            Ok(Parsed::Incomplete) => {}
+            Ok(Parsed::Header {
+                len,
+                source,
+                destination,
+            }) => return Ok(Ok((source, destination, buf.split_off(len)))),
+            Err(e) => return Ok(Err(e)),
+        }
+        if buf.len() > proxy_protocol::V2_MAX {
+            return Ok(Err(ProxyError::TooLarge));
+        }
+        let n = transport::read(tcp, &mut chunk).await?;
+        if n == 0 {
+            return Ok(Err(ProxyError::Missing));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }
 
 /// A backend's 101, checked: what it chose, and its head (`resp[..n]`, with
@@ -1043,13 +1104,14 @@ async fn relay_answer(
     }
 }
 
-/// One connect (and TLS, when the upstream has it, verifying `host`) to
-/// `server`.
+/// One connect (then the PROXY header, when the upstream sends one, and
+/// TLS, when it has it, verifying `host`) to `server`.
 async fn connect_one(
     ctx: &WorkerCtx,
     up: usize,
     host: &str,
     server: Server,
+    proxy_header: Option<&[u8]>,
 ) -> Result<Stream, HandshakeError> {
     let addr = match server {
         Server::Addr(a) => a,
@@ -1070,6 +1132,15 @@ async fn connect_one(
         Err(cause) => Err(cause),
     }
     .map_err(|cause| HandshakeError::backend(server, Step::Connecting, cause))?;
+    let mut tcp = tcp;
+    if let Some(h) = proxy_header {
+        timed(
+            ctx.config.timeouts.connect,
+            transport::write_all(&mut tcp, h),
+        )
+        .await
+        .map_err(|cause| HandshakeError::backend(server, Step::Connecting, cause))?;
+    }
     secure(ctx, up, host, tcp)
         .await
         .map_err(|cause| HandshakeError::backend(server, Step::TlsHandshake, cause))

@@ -25,8 +25,8 @@ use crate::tls::setup::{ClientAuth, MinVersion, ServerTls};
 mod upstream;
 
 pub use upstream::{
-    Balance, Ejection, HashKey, HealthCheck, HealthKind, Rebalance, Resolve, Server, ServerEntry,
-    ServerSpec, Upstream, UpstreamTls, resolve_entry, system_resolve,
+    Balance, Ejection, HashKey, HealthCheck, HealthKind, ProxyVersion, Rebalance, Resolve, Server,
+    ServerEntry, ServerSpec, Upstream, UpstreamTls, resolve_entry, system_resolve,
 };
 
 /// The configuration `wsedge` runs with when given no arguments.
@@ -105,6 +105,9 @@ pub struct Listener {
     pub backlog: u32,
     /// TLS settings: clients connect with `wss://`.
     pub tls: Option<ServerTls>,
+    /// Every connection starts with a PROXY protocol (v1 or v2) header,
+    /// whose source is the client's address.
+    pub proxy_protocol: bool,
 }
 
 /// A route: requests that match go to `upstream`.
@@ -369,6 +372,8 @@ struct FileListener {
     #[serde(default = "default_backlog")]
     backlog: u32,
     tls: Option<toml::Spanned<FileListenerTls>>,
+    #[serde(default)]
+    proxy_protocol: bool,
 }
 
 #[derive(Deserialize)]
@@ -804,6 +809,7 @@ impl Config {
                 address: l.address,
                 backlog: l.backlog,
                 tls,
+                proxy_protocol: l.proxy_protocol,
             });
         }
         if upstreams.iter().any(|u| u.tls.is_some()) && limits.buffer_size < MIN_TLS_BUFFER {
@@ -898,6 +904,7 @@ impl Config {
                     address,
                     backlog: default_backlog(),
                     tls: None,
+                    proxy_protocol: false,
                 })
                 .collect();
         }

@@ -50,6 +50,18 @@ pub struct Upstream {
     pub rebalance: Option<Rebalance>,
     /// How often host names are resolved again (zero = never).
     pub resolve_interval: Duration,
+    /// `send_proxy_protocol`: each backend connection starts with a PROXY
+    /// header carrying the client's address.
+    pub send_proxy_protocol: Option<ProxyVersion>,
+}
+
+/// A PROXY protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyVersion {
+    /// The text header.
+    V1,
+    /// The binary header.
+    V2,
 }
 
 /// A `servers` entry as written.
@@ -249,6 +261,7 @@ pub(super) struct FileUpstream {
     max_pending: Option<u32>,
     rebalance: Option<toml::Spanned<FileRebalance>>,
     resolve_interval: Option<toml::Spanned<Secs>>,
+    send_proxy_protocol: Option<toml::Spanned<String>>,
 }
 
 /// A `servers` entry: a string, or a table with `address`.
@@ -474,6 +487,7 @@ impl Upstream {
             max_pending: 0,
             rebalance: None,
             resolve_interval: Duration::from_secs(30),
+            send_proxy_protocol: None,
         }
     }
 }
@@ -678,6 +692,23 @@ pub(super) fn build(u: &FileUpstream, resolve: Resolve<'_>) -> Result<Upstream, 
     }
     if let Some(r) = &u.resolve_interval {
         up.resolve_interval = duration("resolve_interval", r, true)?;
+    }
+    if let Some(p) = &u.send_proxy_protocol {
+        up.send_proxy_protocol = Some(match p.get_ref().as_str() {
+            "v1" => ProxyVersion::V1,
+            "v2" => ProxyVersion::V2,
+            other => {
+                return Err((
+                    Some(p.span()),
+                    format!("send_proxy_protocol {other:?}: expected \"v1\" or \"v2\""),
+                ));
+            }
+        });
+        if builtin {
+            return Err(whole(format!(
+                "upstream {name:?}: the built-in echo server reads no PROXY header"
+            )));
+        }
     }
     Ok(up)
 }

@@ -12,5 +12,6 @@ pub mod frame;
 pub mod handshake;
 pub mod mask;
 pub mod message;
+pub mod proxy_protocol;
 pub mod token;
 pub mod utf8;

@@ -321,8 +321,18 @@ pub async fn accept<T: Transport>(
     io: &mut T,
     config: Arc<ServerConfig>,
 ) -> Result<Done, HandshakeError> {
+    accept_after(io, config, Vec::with_capacity(1024)).await
+}
+
+/// [`accept`] when the first bytes of the handshake were read already
+/// (after a PROXY protocol header).
+pub async fn accept_after<T: Transport>(
+    io: &mut T,
+    config: Arc<ServerConfig>,
+    read: Vec<u8>,
+) -> Result<Done, HandshakeError> {
     let conn = UnbufferedServerConnection::new(config).map_err(HandshakeError::Tls)?;
-    drive(io, conn, Vec::with_capacity(1024)).await
+    drive(io, conn, read).await
 }
 
 /// Opens TLS to a server on `io`, asking for `name`.
