@@ -876,6 +876,10 @@ async fn handshake(
         n: resp_len,
     } = up;
 
+    // The connection counts on its server from the backend's 101 on (before
+    // the client hears of it: balancing decisions see it at once).
+    let active = fleet::Active::new(&slot);
+
     // 5. Answer the client.
     let mut switching = build_switching_response(
         &req.accept_key(),
@@ -897,7 +901,7 @@ async fn handshake(
     // 6. Hand over, with the bytes that came after the heads.
     drop(attempt);
     Ok(Upgraded {
-        active: fleet::Active::new(&slot),
+        active,
         upstream: up_index,
         compressed: extensions.is_some(),
         from_client: head[head_len..].to_vec(),
