@@ -18,7 +18,7 @@ use rand_core::SeedableRng;
 use crate::balance::key::key_hash;
 use crate::balance::maglev::{HashPicker, Maglev};
 use crate::balance::outlier::{self, OutlierConfig};
-use crate::balance::pick::{LeastConn, Picker, RandomTwo, RoundRobin};
+use crate::balance::pick::{LeastConn, Picker, RandomTwo, RoundRobin, skipped};
 use crate::balance::retry::{self, RetryBudget};
 use crate::balance::server::{ServerSlot, ServerState, find_by_id};
 use crate::config::{Balance, Config, HashKey, ServerSpec, Upstream};
@@ -276,7 +276,7 @@ impl Balancers {
         let now = now_ms();
         if let Some(id) = sticky
             && let Some(i) = find_by_id(&set.slots, id)
-            && (i >= 64 || (skip >> i) & 1 == 0)
+            && !skipped(skip, i)
             && set.slots[i].eligible(now)
         {
             return Some(i);
@@ -370,7 +370,7 @@ pub fn has_candidate(set: &ServerSet, skip: u64) -> bool {
     set.slots
         .iter()
         .enumerate()
-        .any(|(i, s)| (i >= 64 || (skip >> i) & 1 == 0) && s.eligible(now))
+        .any(|(i, s)| !skipped(skip, i) && s.eligible(now))
 }
 
 /// Records the outcome of an attempt on a server (passive ejection).

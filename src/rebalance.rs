@@ -21,8 +21,20 @@ use tracing::info;
 use crate::balance::rebalance::{Load, Planner, RebalanceConfig};
 use crate::fleet::{now_ms, slot_key};
 use crate::proto::close::CloseCode;
-use crate::relay::{CloseRequest, Ending};
+use crate::relay::{CloseRequest, Ending, Tag};
 use crate::worker::WorkerCtx;
+
+/// This worker's connections on server `key` of upstream `u` not yet asked
+/// to close, oldest first (registry slots).
+fn oldest_open(tagged: &[(usize, Tag)], u: usize, key: usize) -> Vec<usize> {
+    let mut mine: Vec<(usize, u64)> = tagged
+        .iter()
+        .filter(|(_, t)| t.upstream == u && t.server == key && !t.closing)
+        .map(|&(slot, t)| (slot, t.since_ms))
+        .collect();
+    mine.sort_by_key(|&(_, since)| since);
+    mine.into_iter().map(|(slot, _)| slot).collect()
+}
 
 /// Closes this worker's share of the connections of servers an operator
 /// drains with a close rate: 1001, oldest first.
@@ -37,13 +49,7 @@ fn close_drained(ctx: &WorkerCtx, workers: u32) {
             // This tick's share of the rate, spread over the workers.
             let share =
                 (f64::from(per_second) * TICK.as_secs_f64() / f64::from(workers)).ceil() as usize;
-            let mut mine: Vec<(usize, u64)> = tagged
-                .iter()
-                .filter(|(_, t)| t.upstream == u && t.server == key && !t.closing)
-                .map(|&(slot, t)| (slot, t.since_ms))
-                .collect();
-            mine.sort_by_key(|&(_, since)| since);
-            for &(slot, _) in mine.iter().take(share) {
+            for slot in oldest_open(&tagged, u, key).into_iter().take(share) {
                 ctx.relay.shutdown.request_close(
                     slot,
                     CloseRequest {
@@ -113,18 +119,13 @@ pub async fn run(ctx: Rc<WorkerCtx>, workers: usize) {
                     continue;
                 }
                 let key = slot_key(&set.slots[j]);
-                let mut mine: Vec<(usize, u64)> = tagged
-                    .iter()
-                    .filter(|(_, t)| t.upstream == *u && t.server == key && !t.closing)
-                    .map(|&(slot, t)| (slot, t.since_ms))
-                    .collect();
+                let mine = oldest_open(&tagged, *u, key);
                 let closing = tagged
                     .iter()
                     .filter(|(_, t)| t.upstream == *u && t.server == key && t.closing)
                     .count() as u32;
                 let share = k.div_ceil(workers).saturating_sub(closing);
-                mine.sort_by_key(|&(_, since)| since);
-                for &(slot, _) in mine.iter().take(share as usize) {
+                for &slot in mine.iter().take(share as usize) {
                     ctx.relay.shutdown.request_close(
                         slot,
                         CloseRequest {

@@ -31,7 +31,7 @@ use super::server::ServerSlot;
 
 /// Whether bit `i` of the skip mask is set (never for `i >= 64`).
 #[inline]
-pub(super) fn skipped(skip: u64, i: usize) -> bool {
+pub fn skipped(skip: u64, i: usize) -> bool {
     i < 64 && (skip >> i) & 1 == 1
 }
 
