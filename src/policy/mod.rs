@@ -1,0 +1,10 @@
+//! Handshake policy: who the client is (PROXY protocol, trusted proxies),
+//! who may connect (CIDR lists, Origin lists), who they are
+//! (authentication: JWT, API keys, an external service) and how much they
+//! may use (per-IP and per-identity limits). Decided between "request
+//! parsed" and "backend chosen"; every refusal knows its HTTP status and a
+//! short reason for the log and the counters.
+
+pub mod external;
+pub mod jwt;
+pub mod limiter;
