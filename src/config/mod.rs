@@ -22,7 +22,13 @@ use crate::tls::certs::CertFiles;
 use crate::tls::record::MAX_RECORD;
 use crate::tls::setup::{ClientAuth, MinVersion, ServerTls};
 
+mod policy;
 mod upstream;
+
+pub use policy::{
+    Auth, AuthKind, ConnectionRates, DirectionRates, HandshakeRate, PolicyLimits, RoutePolicy,
+    UnitRate, parse_rate,
+};
 
 pub use upstream::{
     Balance, Ejection, HashKey, HealthCheck, HealthKind, ProxyVersion, Rebalance, Resolve, Server,
@@ -94,6 +100,10 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Limits on what clients and backends control.
     pub limits: Limits,
+    /// `trusted_proxies`: peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: crate::policy::cidr::CidrList,
+    /// `[[auth]]` blocks, in file order (routes name them by index).
+    pub auths: Vec<Auth>,
 }
 
 /// A listening address.
@@ -108,6 +118,8 @@ pub struct Listener {
     /// Every connection starts with a PROXY protocol (v1 or v2) header,
     /// whose source is the client's address.
     pub proxy_protocol: bool,
+    /// `allow` / `deny`: a denied client is closed at accept, nothing written.
+    pub acl: crate::policy::cidr::Acl,
 }
 
 /// A route: requests that match go to `upstream`.
@@ -138,6 +150,8 @@ pub struct Route {
     pub ping_interval: Duration,
     /// A leg that sends nothing for this long after wsedge's ping is dead.
     pub pong_timeout: Duration,
+    /// Who may use it, authentication, limits.
+    pub policy: RoutePolicy,
 }
 
 /// Timeouts. Zero means none where noted.
@@ -168,6 +182,13 @@ pub struct Limits {
     pub max_connections: usize,
     /// Largest body of a backend's non-101 answer relayed to the client.
     pub max_response_body: usize,
+    /// Handshakes in progress per worker (they do not take the slots of
+    /// `max_connections`); above it new clients get 503.
+    pub max_pending_handshakes: usize,
+    /// Keys (client IPs, identities) each limit table tracks at most.
+    pub max_tracked_clients: usize,
+    /// Per-IP and per-identity limits and per-connection rates.
+    pub policy: PolicyLimits,
 }
 
 impl Limits {
@@ -363,6 +384,10 @@ struct File {
     timeouts: FileTimeouts,
     #[serde(default)]
     limits: FileLimits,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    #[serde(default, rename = "auth")]
+    auths: Vec<toml::Spanned<policy::FileAuth>>,
 }
 
 #[derive(Deserialize)]
@@ -374,6 +399,10 @@ struct FileListener {
     tls: Option<toml::Spanned<FileListenerTls>>,
     #[serde(default)]
     proxy_protocol: bool,
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -422,6 +451,60 @@ struct FileRoute {
     ping_interval: Secs,
     #[serde(default = "default_pong_timeout")]
     pong_timeout: Secs,
+    allow: Option<Vec<String>>,
+    deny: Option<Vec<String>>,
+    origins: Option<Vec<String>>,
+    allow_missing_origin: Option<bool>,
+    auth: Option<String>,
+    require: Option<std::collections::BTreeMap<String, String>>,
+    max_connections: Option<u32>,
+    max_connections_per_ip: Option<u32>,
+    handshake_rate_per_ip: Option<String>,
+    handshake_burst: Option<u32>,
+    max_connections_per_identity: Option<u32>,
+    client_message_rate: Option<String>,
+    client_message_burst: Option<u64>,
+    client_byte_rate: Option<String>,
+    backend_message_rate: Option<String>,
+    backend_message_burst: Option<u64>,
+    backend_byte_rate: Option<String>,
+    on_limit: Option<String>,
+}
+
+/// The rate keys of `[limits]` or a route, as one value.
+macro_rules! rate_keys {
+    ($s:expr) => {
+        policy::FileRateKeys {
+            max_connections_per_ip: $s.max_connections_per_ip,
+            handshake_rate_per_ip: $s.handshake_rate_per_ip.clone(),
+            handshake_burst: $s.handshake_burst,
+            max_connections_per_identity: $s.max_connections_per_identity,
+            client_message_rate: $s.client_message_rate.clone(),
+            client_message_burst: $s.client_message_burst,
+            client_byte_rate: $s.client_byte_rate.clone(),
+            backend_message_rate: $s.backend_message_rate.clone(),
+            backend_message_burst: $s.backend_message_burst,
+            backend_byte_rate: $s.backend_byte_rate.clone(),
+            on_limit: $s.on_limit.clone(),
+        }
+    };
+}
+
+impl FileRoute {
+    fn policy_keys(&self) -> (policy::FileRoutePolicy, policy::FileRateKeys) {
+        (
+            policy::FileRoutePolicy {
+                allow: self.allow.clone(),
+                deny: self.deny.clone(),
+                origins: self.origins.clone(),
+                allow_missing_origin: self.allow_missing_origin,
+                auth: self.auth.clone(),
+                require: self.require.clone(),
+                max_connections: self.max_connections,
+            },
+            rate_keys!(self),
+        )
+    }
 }
 
 #[derive(Deserialize)]
@@ -477,6 +560,19 @@ struct FileLimits {
     buffer_size: Size,
     max_connections: usize,
     max_response_body: Size,
+    max_pending_handshakes: usize,
+    max_tracked_clients: usize,
+    max_connections_per_ip: Option<u32>,
+    handshake_rate_per_ip: Option<String>,
+    handshake_burst: Option<u32>,
+    max_connections_per_identity: Option<u32>,
+    client_message_rate: Option<String>,
+    client_message_burst: Option<u64>,
+    client_byte_rate: Option<String>,
+    backend_message_rate: Option<String>,
+    backend_message_burst: Option<u64>,
+    backend_byte_rate: Option<String>,
+    on_limit: Option<String>,
 }
 
 impl Default for FileLimits {
@@ -487,6 +583,19 @@ impl Default for FileLimits {
             buffer_size: Size(64 << 10),
             max_connections: 10_000,
             max_response_body: Size(64 << 10),
+            max_pending_handshakes: 1024,
+            max_tracked_clients: 1 << 17,
+            max_connections_per_ip: None,
+            handshake_rate_per_ip: None,
+            handshake_burst: None,
+            max_connections_per_identity: None,
+            client_message_rate: None,
+            client_message_burst: None,
+            client_byte_rate: None,
+            backend_message_rate: None,
+            backend_message_burst: None,
+            backend_byte_rate: None,
+            on_limit: None,
         }
     }
 }
@@ -631,6 +740,74 @@ impl Config {
                 .map_err(|(span, m)| err(Some(span.map_or(line, |s| line_of(text, s))), m))?;
             upstreams.push(up);
         }
+        let l = &file.limits;
+        let limits = Limits {
+            max_head_bytes: l.max_head_bytes.0 as usize,
+            max_headers: l.max_headers,
+            buffer_size: l.buffer_size.0 as usize,
+            max_connections: l.max_connections,
+            max_response_body: l.max_response_body.0 as usize,
+            max_pending_handshakes: l.max_pending_handshakes,
+            max_tracked_clients: l.max_tracked_clients,
+            policy: policy::policy_limits(&rate_keys!(l), None, l.buffer_size.0 as usize)
+                .map_err(|m| err(None, format!("limits.{m}")))?,
+        };
+        if limits.max_pending_handshakes == 0 {
+            return Err(err(
+                None,
+                "limits.max_pending_handshakes must be at least 1".into(),
+            ));
+        }
+        if !(1024..=1 << 26).contains(&limits.max_tracked_clients) {
+            return Err(err(
+                None,
+                "limits.max_tracked_clients must be between 1024 and 67108864".into(),
+            ));
+        }
+        let trusted_proxies = crate::policy::cidr::CidrList::parse(&file.trusted_proxies)
+            .map_err(|m| err(None, format!("trusted_proxies: {m}")))?;
+        let mut auths: Vec<Auth> = Vec::new();
+        for a in &file.auths {
+            let line = Some(line_of(text, a.span()));
+            let built = policy::auth(a.get_ref(), resolve).map_err(|m| err(line, m))?;
+            if auths.iter().any(|x| x.name == built.name) {
+                return Err(err(
+                    line,
+                    format!("[[auth]] {:?} is defined twice", built.name),
+                ));
+            }
+            auths.push(built);
+        }
+        if !(1024..=1 << 20).contains(&limits.max_head_bytes) {
+            return Err(err(
+                None,
+                "limits.max_head_bytes must be between 1KiB and 1MiB".into(),
+            ));
+        }
+        if !(4..=1024).contains(&limits.max_headers) {
+            return Err(err(
+                None,
+                "limits.max_headers must be between 4 and 1024".into(),
+            ));
+        }
+        if !(4096..=64 << 20).contains(&limits.buffer_size) {
+            return Err(err(
+                None,
+                "limits.buffer_size must be between 4KiB and 64MiB".into(),
+            ));
+        }
+        if limits.max_response_body > 64 << 20 {
+            return Err(err(
+                None,
+                "limits.max_response_body must be at most 64MiB".into(),
+            ));
+        }
+        if limits.max_connections == 0 {
+            return Err(err(
+                None,
+                "limits.max_connections must be at least 1".into(),
+            ));
+        }
         if file.routes.is_empty() {
             return Err(err(
                 None,
@@ -692,6 +869,15 @@ impl Config {
                     return Err(err(Some(line), format!("{name} must be at most 7 days")));
                 }
             }
+            let (policy_keys, rate_keys) = r.policy_keys();
+            let policy = policy::route_policy(
+                &policy_keys,
+                &rate_keys,
+                &limits.policy,
+                &auths,
+                limits.buffer_size,
+            )
+            .map_err(|m| err(Some(line), format!("route {label}: {m}")))?;
             let fallback_upstream = match &r.fallback_upstream {
                 Some(f) => Some(
                     upstreams
@@ -723,6 +909,7 @@ impl Config {
                 permessage_deflate: r.permessage_deflate,
                 ping_interval: r.ping_interval.0,
                 pong_timeout: r.pong_timeout.0,
+                policy,
             });
         }
         // Stable: file order among equals.
@@ -754,44 +941,6 @@ impl Config {
                 return Err(err(None, format!("timeouts.{name} must be at most 7 days")));
             }
         }
-        let l = &file.limits;
-        let limits = Limits {
-            max_head_bytes: l.max_head_bytes.0 as usize,
-            max_headers: l.max_headers,
-            buffer_size: l.buffer_size.0 as usize,
-            max_connections: l.max_connections,
-            max_response_body: l.max_response_body.0 as usize,
-        };
-        if !(1024..=1 << 20).contains(&limits.max_head_bytes) {
-            return Err(err(
-                None,
-                "limits.max_head_bytes must be between 1KiB and 1MiB".into(),
-            ));
-        }
-        if !(4..=1024).contains(&limits.max_headers) {
-            return Err(err(
-                None,
-                "limits.max_headers must be between 4 and 1024".into(),
-            ));
-        }
-        if !(4096..=64 << 20).contains(&limits.buffer_size) {
-            return Err(err(
-                None,
-                "limits.buffer_size must be between 4KiB and 64MiB".into(),
-            ));
-        }
-        if limits.max_response_body > 64 << 20 {
-            return Err(err(
-                None,
-                "limits.max_response_body must be at most 64MiB".into(),
-            ));
-        }
-        if limits.max_connections == 0 {
-            return Err(err(
-                None,
-                "limits.max_connections must be at least 1".into(),
-            ));
-        }
         let mut listeners = Vec::new();
         for l in &file.listeners {
             let line = line_of(text, l.span());
@@ -810,6 +959,12 @@ impl Config {
                 backlog: l.backlog,
                 tls,
                 proxy_protocol: l.proxy_protocol,
+                acl: crate::policy::cidr::Acl {
+                    allow: crate::policy::cidr::CidrList::parse(&l.allow)
+                        .map_err(|m| err(Some(line), format!("allow: {m}")))?,
+                    deny: crate::policy::cidr::CidrList::parse(&l.deny)
+                        .map_err(|m| err(Some(line), format!("deny: {m}")))?,
+                },
             });
         }
         if upstreams.iter().any(|u| u.tls.is_some()) && limits.buffer_size < MIN_TLS_BUFFER {
@@ -824,6 +979,8 @@ impl Config {
             routes,
             timeouts,
             limits,
+            trusted_proxies,
+            auths,
         })
     }
 
@@ -905,6 +1062,7 @@ impl Config {
                     backlog: default_backlog(),
                     tls: None,
                     proxy_protocol: false,
+                    acl: Default::default(),
                 })
                 .collect();
         }

@@ -5,6 +5,12 @@
 //! parsed" and "backend chosen"; every refusal knows its HTTP status and a
 //! short reason for the log and the counters.
 
+pub mod api_key;
+pub mod cidr;
+pub mod client_ip;
+pub mod credential;
 pub mod external;
 pub mod jwt;
 pub mod limiter;
+pub mod origin;
+pub mod refusal;
