@@ -8,7 +8,7 @@
 //! answer's `copy_headers` for the backend), 401 and 403 deny with that
 //! status, anything else (a timeout, a refused connection, a malformed
 //! answer, another status) leaves the service unavailable. The bytes are
-//! built and read sans-IO ([`request`], [`answer`]); this module only
+//! built and read sans-IO (`request`, `answer`); this module only
 //! moves them. [`DecisionCache`] keeps decisions per worker, keyed by a
 //! digest of the credential.
 
