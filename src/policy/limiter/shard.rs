@@ -87,11 +87,6 @@ impl Shard {
         }
     }
 
-    /// Keys this shard may hold.
-    pub(super) fn capacity(&self) -> usize {
-        self.capacity
-    }
-
     /// Keys held now.
     pub(super) fn len(&self) -> usize {
         self.len
