@@ -32,7 +32,7 @@ use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
 pub use claims::Claims;
-pub use fetch::{JwksRefresher, spawn_refresher};
+pub use fetch::{JwksRefresher, check_jwks_url, spawn_refresher};
 use keys::Key;
 
 /// One `[[auth]] kind = "jwt"` block's settings, validated by `config`.
@@ -208,10 +208,15 @@ impl JwtVerifier {
     }
 
     /// Validates `token` at `now` (seconds since the Unix epoch): the
-    /// signature with a key that fits the header's `alg` and `kid`, then
-    /// `exp` and `nbf` (with the leeway), `iss`, `aud` and the required
-    /// claims. `exp` is checked when present (list it in `required_claims`
-    /// to refuse tokens without one); expired means `now >= exp + leeway`.
+    /// signature, then `exp` and `nbf` (with the leeway), `iss`, `aud` and
+    /// the required claims.
+    ///
+    /// The keys tried are those whose type allows the header's `alg`,
+    /// whose JWK `alg` (if set) is that `alg`, and whose `kid` (if set) is
+    /// the token's; a token without a `kid` tries every key of a fitting
+    /// type. `exp` is checked when present (list it in `required_claims`
+    /// to refuse tokens without one): expired means `now >= exp + leeway`,
+    /// not yet valid `now + leeway < nbf`.
     pub fn verify(&self, token: &str, now: u64) -> Result<Claims, JwtError> {
         let Parts {
             header,

@@ -86,6 +86,14 @@ pub fn spawn_refresher(verifier: Arc<JwtVerifier>, url: String, every: Duration)
     JwksRefresher { stop, thread }
 }
 
+/// Whether `url` is one [`spawn_refresher`] can fetch (`http://` or
+/// `https://`, a host, an optional port, no user info, no spaces or
+/// control characters), for `config` to refuse a bad `jwks_url` at load
+/// time; the error is one line.
+pub fn check_jwks_url(url: &str) -> Result<(), String> {
+    Target::parse(url).map(|_| ())
+}
+
 fn run(verifier: &JwtVerifier, url: &str, every: Duration, stop: &(Mutex<bool>, Condvar)) {
     let every = every.max(MIN_EVERY);
     let target = match Target::parse(url) {
@@ -213,7 +221,7 @@ impl Target {
 
     fn request(&self) -> String {
         format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: wsedge\r\nAccept: application/json\r\nConnection: close\r\n\r\n",
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: wsedge\r\nAccept: application/jwk-set+json, application/json\r\nConnection: close\r\n\r\n",
             self.path, self.authority
         )
     }
@@ -515,6 +523,7 @@ mod tests {
         );
         let t = Target::parse("http://[::1]").unwrap();
         assert_eq!((t.host.as_str(), t.port, t.path.as_str()), ("::1", 80, "/"));
+        assert!(check_jwks_url("https://idp.example:8443/keys").is_ok());
         for bad in [
             "ftp://x/",
             "x/y",
@@ -528,7 +537,7 @@ mod tests {
             "http://h/a b",
             "http://h/a\r\nX: y",
         ] {
-            assert!(Target::parse(bad).is_err(), "{bad}");
+            assert!(check_jwks_url(bad).is_err(), "{bad}");
         }
         assert!(
             Target::parse("http://h:8/p")
