@@ -35,6 +35,7 @@ pub struct Server {
     pub stats: Vec<Arc<Stats>>,
     tls: Arc<TlsSetup>,
     fleet: Arc<Fleet>,
+    policy: Arc<crate::policy::state::Shared>,
     config: Arc<Config>,
     control: Vec<ControlSender>,
     threads: Vec<JoinHandle<()>>,
@@ -51,6 +52,8 @@ pub struct Server {
 pub enum StartError {
     /// A TLS certificate, key or CA file could not be used.
     Tls(String),
+    /// A key file of an `[[auth]]` block could not be used.
+    Policy(String),
     /// A configured listener address could not be bound (in use, not a
     /// local address, no permission for the port, ...).
     Bind {
@@ -89,6 +92,7 @@ impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StartError::Tls(e) => write!(f, "TLS: {e}"),
+            StartError::Policy(e) => write!(f, "{e}"),
             StartError::Bind { address, .. } => write!(f, "cannot listen on {address}"),
             StartError::Echo(_) => f.write_str("cannot start the built-in echo server"),
             StartError::Runtime { worker, driver, .. } => {
@@ -114,7 +118,7 @@ impl std::error::Error for StartError {
             | StartError::Echo(source)
             | StartError::Runtime { source, .. }
             | StartError::Thread { source, .. } => Some(source),
-            StartError::WorkerDied { .. } | StartError::Tls(_) => None,
+            StartError::WorkerDied { .. } | StartError::Tls(_) | StartError::Policy(_) => None,
         }
     }
 }
@@ -150,6 +154,7 @@ impl Server {
         }
         let tls = Arc::new(tls);
         let fleet = Arc::new(Fleet::new(&config));
+        let policy = crate::policy::state::Shared::start(&config).map_err(StartError::Policy)?;
 
         let mut per_worker: Vec<Vec<std::net::TcpListener>> = (0..n).map(|_| Vec::new()).collect();
         let mut addrs = Vec::new();
@@ -199,6 +204,7 @@ impl Server {
                 config: Arc::clone(&config),
                 tls: Arc::clone(&tls),
                 fleet: Arc::clone(&fleet),
+                policy: Arc::clone(&policy),
                 workers: n,
                 stats: s,
                 control: receiver,
@@ -233,6 +239,7 @@ impl Server {
             stats,
             tls,
             fleet,
+            policy,
             config: Arc::clone(&config),
             control: senders,
             threads,
@@ -244,6 +251,7 @@ impl Server {
     /// Stops accepting, sends 1001 to every client and backend, waits up to
     /// the grace period for the close handshakes, and joins the workers.
     pub fn shutdown(self) {
+        self.policy.stop();
         if let Some(h) = self.health {
             h.stop();
         }
@@ -263,6 +271,7 @@ impl Server {
     /// handshakes use them; open connections are untouched; a file that
     /// fails to load keeps its old certificate, and the log says why.
     pub fn reload_tls(&self) {
+        self.policy.reload_keys(&self.config);
         if self.tls.listeners.iter().all(Option::is_none) {
             return;
         }

@@ -29,12 +29,17 @@ use tracing::{debug, info, warn};
 
 use crate::config::{Balance, ProxyVersion, Server};
 use crate::fleet;
+use crate::policy::admit::{self, Admission};
+use crate::policy::client_ip::client_addr;
+use crate::policy::refusal::{Reason, Refusal};
+use crate::policy::state::{Held, PendingHandshake};
 use crate::proto::handshake::{
     self, BackendRequest, BackendResponse, BodyError, BodyReader, BodyState, Expect, HeadKind,
     HeadScanner, Rejection, RelayedAnswer, ResponseError, Scan, build_backend_request,
     build_switching_response, parse_request, parse_response, simple_response, with_set_cookie,
 };
 use crate::proto::proxy_protocol::{self, Parsed, ProxyError};
+use crate::relay::limit::{Gcra, Policy, RateLimit};
 use crate::relay::{Outcome, Relay, RelayConfig, Tag};
 use crate::route::RequestView;
 use crate::tls::{self, Established, TlsStream};
@@ -134,6 +139,9 @@ enum Cause {
     /// The TLS handshake with the backend failed (certificate not
     /// verified, no common version, ...).
     Tls(Box<str>),
+    /// The handshake policy refused it (address, Origin, authentication,
+    /// limits).
+    Policy(Box<Refusal>),
 }
 
 /// How the body of a relayed backend answer ended.
@@ -207,6 +215,7 @@ impl HandshakeError {
             (Cause::BadResponse(e), _) => Some(e.status()),
             (Cause::BadBody(e), _) => Some(e.status()),
             (Cause::Answered(status, _), _) => Some(*status),
+            (Cause::Policy(r), _) => Some(r.status()),
             (Cause::NoRoute(_), _) => Some(404),
             (Cause::Overloaded | Cause::NoServer, _) => Some(503),
             (Cause::TimedOut, Side::Client) if self.step == Step::ReadingRequestHead => Some(408),
@@ -223,6 +232,7 @@ impl HandshakeError {
         match &self.cause {
             Cause::Rejected(r) => r.response(),
             Cause::BadResponse(e) => e.response(),
+            Cause::Policy(r) => r.response(),
             Cause::NoServer => {
                 let mut r = simple_response(503, "no backend server available");
                 let at = r.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0);
@@ -261,6 +271,7 @@ impl std::fmt::Display for HandshakeError {
                 write!(f, "{side}: answered {status}, relayed to the client{body}")
             }
             Cause::Tls(e) => write!(f, "{side}: {e}"),
+            Cause::Policy(r) => write!(f, "{r}"),
         }
     }
 }
@@ -273,6 +284,12 @@ impl std::error::Error for HandshakeError {}
 struct Refused {
     error: HandshakeError,
     relayed: Option<Vec<u8>>,
+}
+
+impl From<Refusal> for Refused {
+    fn from(r: Refusal) -> Self {
+        HandshakeError::client(Step::Admitting, Cause::Policy(Box::new(r))).into()
+    }
 }
 
 impl From<HandshakeError> for Refused {
@@ -319,6 +336,8 @@ struct Info {
     upstream: usize,
     /// Its entry in the worker's registry is written.
     tagged: bool,
+    /// Its counts in the policy's limit tables, and its identity.
+    held: Option<Box<Held>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -401,6 +420,7 @@ fn closed(ctx: &WorkerCtx, info: &Info, outcome: &Outcome) {
         client = %info.peer,
         path = %info.path,
         backend = %info.server,
+        identity = info.held.as_ref().and_then(|h| h.identity_name.as_deref()).unwrap_or("-"),
         from_client = outcome.from_client,
         from_backend = outcome.from_backend,
         secs = info.started.elapsed().as_secs_f32(),
@@ -419,6 +439,7 @@ async fn start(
 ) -> Option<(Relayed, Box<Info>)> {
     let _ = client.set_nodelay(true);
     let started = Instant::now();
+    let cfg = Arc::clone(&ctx.config);
     // The address the client connected to (for a PROXY header to a backend).
     let local = client.local_addr().ok();
     let mut tcp = match into_poll(client) {
@@ -429,8 +450,8 @@ async fn start(
         }
     };
     // Behind an L4 balancer: the PROXY header names the real client.
-    let (peer, local, first) = if ctx.config.listeners[listener].proxy_protocol {
-        match timed(ctx.config.timeouts.handshake, read_proxy_header(&mut tcp)).await {
+    let (peer, local, first) = if cfg.listeners[listener].proxy_protocol {
+        match timed(cfg.timeouts.handshake, read_proxy_header(&mut tcp)).await {
             Ok(Ok((source, destination, rest))) => {
                 (source.unwrap_or(peer), destination.or(local), rest)
             }
@@ -448,8 +469,50 @@ async fn start(
     } else {
         (peer, local, Vec::new())
     };
+    // The listener's address lists: closed at once, nothing written.
+    if !cfg.listeners[listener].acl.permits(peer.ip()) {
+        ctx.stats.refused_by[Reason::AddressDenied.index()].inc();
+        log_refusal(&ctx, peer, None, "address_denied", || {
+            format!("address_denied: {} is not allowed on listener {}", peer.ip(), cfg.listeners[listener].address)
+        });
+        return None;
+    }
+    // Handshakes in progress have their own cap (per worker): they never
+    // take the slots of established connections.
+    let Some(pending) =
+        PendingHandshake::enter(&ctx.policy.pending, cfg.limits.max_pending_handshakes)
+    else {
+        let refusal = Refusal::new(
+            Reason::PendingHandshakes,
+            format!("{} handshakes in progress on this worker", cfg.limits.max_pending_handshakes),
+        );
+        ctx.stats.refused_by[refusal.reason.index()].inc();
+        ctx.stats.refused.inc();
+        log_refusal(&ctx, peer, Some(503), refusal.reason.label(), || refusal.to_string());
+        // A plain client gets its 503 (one write, no waiting); a TLS one
+        // is closed before the TLS handshake's cost.
+        if ctx.tls.listeners.get(listener).and_then(Option::as_ref).is_none() {
+            let _ = monoio::time::timeout(
+                Duration::from_millis(100),
+                transport::write_all(&mut tcp, &refusal.response()),
+            )
+            .await;
+        }
+        return None;
+    };
+    // Per-IP limits, counted from accept (a handshake in progress counts).
+    // A trusted proxy's connections are counted by the client it names,
+    // once the request head is read.
+    let mut held = Held::default();
+    let mut early: Option<Refusal> = None;
+    if !cfg.trusted_proxies.contains(peer.ip()) {
+        match admit::admit_ip(&ctx.shared_policy, &cfg, peer.ip(), fleet::now_ms()) {
+            Ok(permit) => held.ip = permit,
+            Err(r) => early = Some(r),
+        }
+    }
     // TLS first on a TLS listener, within the handshake timeout.
-    let (mut client, early, tls_info) = match ctx
+    let (mut client, early_bytes, tls_info) = match ctx
         .tls
         .listeners
         .get(listener)
@@ -458,7 +521,7 @@ async fn start(
         None => (Stream::Tcp(tcp), first, None),
         Some(acc) => {
             let accepted = monoio::time::timeout(
-                ctx.config.timeouts.handshake,
+                cfg.timeouts.handshake,
                 tls::handshake::accept_after(&mut tcp, Arc::clone(&acc.config), first),
             )
             .await;
@@ -485,17 +548,31 @@ async fn start(
             (Stream::Tls(Box::new(stream)), done.early, Some(done.info))
         }
     };
-    let up = match handshake(&ctx, &mut client, peer, local, early, tls_info.as_ref()).await {
+    if let Some(refusal) = early {
+        refuse(&ctx, &mut client, peer, refusal.into()).await;
+        return None;
+    }
+    let up = match handshake(
+        &ctx,
+        &mut client,
+        peer,
+        local,
+        early_bytes,
+        tls_info.as_ref(),
+        &mut held,
+    )
+    .await
+    {
         Ok(up) => up,
         Err(refused) => {
             refuse(&ctx, &mut client, peer, refused).await;
             return None;
         }
     };
-    let cfg = &ctx.config;
+    drop(pending);
     let route = &cfg.routes[up.route];
     let relay_cfg = RelayConfig::for_route(route, &cfg.timeouts, up.compressed);
-    let relay = Relay::new(
+    let mut relay = Relay::new(
         client,
         up.backend,
         up.from_client,
@@ -503,10 +580,13 @@ async fn start(
         &relay_cfg,
         Rc::clone(&ctx.relay),
     );
+    if let Some(policy) = relay_policy(&route.policy.rates, up.expires) {
+        relay.set_policy(policy);
+    }
     Some((
         relay,
         Box::new(Info {
-            peer,
+            peer: up.client,
             path: up.path,
             server: up.server,
             started,
@@ -514,8 +594,63 @@ async fn start(
             active: up.active,
             upstream: up.upstream,
             tagged: false,
+            held: (!held.is_empty()).then(|| Box::new(held)),
         }),
     ))
+}
+
+/// The relay's per-connection policy: the route's rates, and the
+/// credential's expiry as a deadline (µs from now, when the relay starts).
+fn relay_policy(
+    rates: &crate::config::ConnectionRates,
+    expires: Option<(u64, crate::proto::close::CloseCode)>,
+) -> Option<Policy> {
+    let direction = |d: &crate::config::DirectionRates| {
+        (!d.is_none()).then(|| RateLimit {
+            messages: d.messages.map(|r| Gcra::per(r.count, r.per, r.burst)),
+            bytes: d.bytes.map(|r| Gcra::per(r.count, r.per, r.burst)),
+            on_limit: rates.on_limit,
+        })
+    };
+    let limits = [direction(&rates.client), direction(&rates.backend)];
+    let deadline = expires.map(|(exp, code)| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let left = Duration::from_secs(exp).saturating_sub(now);
+        (
+            u64::try_from(left.as_micros()).unwrap_or(u64::MAX),
+            code,
+            "token expired",
+        )
+    });
+    (limits.iter().any(Option::is_some) || deadline.is_some()).then_some(Policy {
+        limits,
+        deadline,
+        throttled_until: [None, None],
+    })
+}
+
+/// Logs one refusal line, rate-limited per label on this worker (with a
+/// summary of the lines left out in the second before).
+fn log_refusal(
+    ctx: &WorkerCtx,
+    peer: SocketAddr,
+    status: Option<u16>,
+    label: &'static str,
+    line: impl FnOnce() -> String,
+) {
+    let now_s = fleet::now_ms() / 1000;
+    let d = ctx.policy.log.admit(label, now_s);
+    if let Some(n) = d.summary {
+        info!(worker = ctx.id, "{n} more refused for {label} in the last second");
+    }
+    if d.log {
+        match status {
+            Some(status) => info!(worker = ctx.id, client = %peer, status, "refused: {}", line()),
+            None => info!(worker = ctx.id, client = %peer, "dropped: {}", line()),
+        }
+    }
 }
 
 /// Logs and counts a refused handshake and answers the client: with the
@@ -528,7 +663,14 @@ async fn refuse<T: Transport>(ctx: &WorkerCtx, client: &mut T, peer: SocketAddr,
         return;
     };
     ctx.stats.refused.inc();
-    info!(worker = ctx.id, client = %peer, status, "refused: {error}");
+    let label = match &error.cause {
+        Cause::Policy(r) => {
+            ctx.stats.refused_by[r.reason.index()].inc();
+            r.reason.label()
+        }
+        _ => status_label(status),
+    };
+    log_refusal(ctx, peer, Some(status), label, || error.to_string());
     let answer = relayed.unwrap_or_else(|| error.response(status));
     let t = ctx.config.timeouts.handshake;
     if timed(t, transport::write_all(client, &answer))
@@ -536,6 +678,19 @@ async fn refuse<T: Transport>(ctx: &WorkerCtx, client: &mut T, peer: SocketAddr,
         .is_ok()
     {
         linger(client, LINGER_TIME.min(t)).await;
+    }
+}
+
+/// The log limiter's label for a refusal that is not the policy's.
+fn status_label(status: u16) -> &'static str {
+    match status {
+        400 => "status_400",
+        404 => "status_404",
+        408 => "status_408",
+        426 => "status_426",
+        431 => "status_431",
+        500..=599 => "status_5xx",
+        _ => "status_other",
     }
 }
 
@@ -623,6 +778,10 @@ struct Upgraded {
     compressed: bool,
     from_client: Vec<u8>,
     from_backend: Vec<u8>,
+    /// The client's address as believed (a trusted proxy's word).
+    client: SocketAddr,
+    /// When the credential expires (Unix seconds) and the close code then.
+    expires: Option<(u64, crate::proto::close::CloseCode)>,
 }
 
 async fn handshake(
@@ -632,12 +791,20 @@ async fn handshake(
     local: Option<SocketAddr>,
     early: Vec<u8>,
     tls: Option<&Established>,
+    held: &mut Held,
 ) -> Result<Upgraded, Refused> {
     let cfg = &ctx.config;
     let limits = cfg.limits.head_limits();
     let hs_timeout = cfg.timeouts.handshake;
 
-    if ctx.stats.active.get() > cfg.limits.max_connections as u64 {
+    // Established connections only: handshakes in progress have their own
+    // cap (`max_pending_handshakes`), this one among them.
+    let established = ctx
+        .stats
+        .active
+        .get()
+        .saturating_sub(ctx.policy.pending.get() as u64);
+    if established >= cfg.limits.max_connections as u64 {
         return Err(HandshakeError::proxy(Step::Admitting, Cause::Overloaded).into());
     }
 
@@ -676,6 +843,14 @@ async fn handshake(
         }
     };
 
+    // Who the client is: the peer, or whom a trusted proxy names (then
+    // counted per IP now, by that address).
+    let who = client_addr(peer.ip(), &cfg.trusted_proxies, req.headers());
+    if who.via_trusted {
+        held.ip = admit::admit_ip(&ctx.shared_policy, cfg, who.ip, fleet::now_ms())?;
+    }
+    let client_sock = SocketAddr::new(who.ip, peer.port());
+
     // 2. Route.
     let path = req.path().to_string();
     let view = RequestView {
@@ -687,6 +862,25 @@ async fn handshake(
         let what = format!("{path} (host {:?})", req.host());
         return Err(HandshakeError::proxy(Step::Routing, Cause::NoRoute(what.into())).into());
     };
+
+    // The route's policy: address and Origin lists, authentication,
+    // limits.
+    let now_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let admission: Admission = admit::admit_route(
+        &ctx.shared_policy,
+        &ctx.policy,
+        cfg,
+        route_index,
+        route,
+        &req,
+        who.ip,
+        held,
+        fleet::now_ms(),
+        now_unix,
+    )
+    .await?;
 
     // 3-4. Backend connect and handshake: a server chosen by the upstream's
     // algorithm (the sticky one first). A failed connect, a close before
@@ -700,7 +894,7 @@ async fn handshake(
     let mut fleet_up = &ctx.fleet.upstreams[up_index];
     let keys = |up_cfg: &crate::config::Upstream| {
         let hash_key = match &up_cfg.balance {
-            Balance::Hash { key, .. } => fleet::request_key(key, &req, peer.ip()),
+            Balance::Hash { key, .. } => fleet::request_key(key, &req, who.ip),
             _ => None,
         };
         let sticky = up_cfg
@@ -714,6 +908,16 @@ async fn handshake(
         .and_then(|t| t.peer_certs.first())
         .and_then(|der| tls::certs::subject_and_san(der));
     let target = route.rewrite.apply(&path);
+    let target = match &admission.strip_query {
+        Some(name) => crate::policy::credential::without_query_param(&target, name).into(),
+        None => target,
+    };
+    let drop_headers: Vec<&str> = admission.drop_headers.iter().map(String::as_str).collect();
+    let add_headers: Vec<(&str, &[u8])> = admission
+        .add_headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_slice()))
+        .collect();
     ctx.balancers.handshake_started(up_index);
     let mut skip = 0u64;
     let mut retried = 0u32;
@@ -768,8 +972,8 @@ async fn handshake(
         let proxy_header = up_cfg.send_proxy_protocol.map(|v| {
             let dst = local.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
             match v {
-                ProxyVersion::V1 => proxy_protocol::encode_v1(peer, dst),
-                ProxyVersion::V2 => proxy_protocol::encode_v2(peer, dst),
+                ProxyVersion::V1 => proxy_protocol::encode_v1(client_sock, dst),
+                ProxyVersion::V2 => proxy_protocol::encode_v2(client_sock, dst),
             }
         });
         let mut backend =
@@ -823,6 +1027,10 @@ async fn handshake(
             forwarded_proto: if tls.is_some() { "https" } else { "http" },
             forward_extensions: route.permessage_deflate,
             client_cert: cert.as_ref().map(|(s, a)| (s.as_str(), a.as_str())),
+            forwarded_for_trusted: who.via_trusted,
+            protocols: admission.protocols.as_deref(),
+            drop_headers: &drop_headers,
+            add_headers: &add_headers,
         };
         let request = build_backend_request(&req, &opts);
         let expect = Expect::new(&req, &opts);
@@ -896,7 +1104,7 @@ async fn handshake(
         .await
         .map_err(|cause| HandshakeError::client(Step::WritingSwitch, cause))?;
     ctx.stats.upgraded.inc();
-    debug!(worker = ctx.id, client = %peer, path = %path, backend = %server, protocol = ?protocol, "upgraded");
+    debug!(worker = ctx.id, client = %who.ip, path = %path, backend = %server, protocol = ?protocol, "upgraded");
 
     // 6. Hand over, with the bytes that came after the heads.
     drop(attempt);
@@ -910,6 +1118,8 @@ async fn handshake(
         backend,
         server,
         path,
+        client: client_sock,
+        expires: admission.expires,
     })
 }
 

@@ -70,6 +70,9 @@ pub struct Stats {
     pub tls_resumed: Counter,
     /// TLS handshakes with clients that failed (refused, garbage, timeout).
     pub tls_failed: Counter,
+    /// Handshakes refused by the policy, by reason
+    /// ([`crate::policy::refusal::Reason::index`]).
+    pub refused_by: [Counter; crate::policy::refusal::Reason::ALL.len()],
 }
 
 impl Stats {
@@ -101,7 +104,17 @@ pub fn sum(workers: &[std::sync::Arc<Stats>]) -> Vec<(&'static str, u64)> {
         ("tls_resumed", |s| &s.tls_resumed),
         ("tls_failed", |s| &s.tls_failed),
     ];
-    pick.iter()
+    let mut out: Vec<(&'static str, u64)> = pick
+        .iter()
         .map(|(name, f)| (*name, workers.iter().map(|w| f(w).get()).sum()))
-        .collect()
+        .collect();
+    // The policy's refusals by reason, under their labels.
+    for reason in crate::policy::refusal::Reason::ALL {
+        let n = workers
+            .iter()
+            .map(|w| w.refused_by[reason.index()].get())
+            .sum();
+        out.push((reason.label(), n));
+    }
+    out
 }

@@ -50,6 +50,11 @@ pub struct WorkerCtx {
     pub fleet: Arc<Fleet>,
     /// This worker's pickers and retry budgets.
     pub balancers: Balancers,
+    /// The policy's shared state: keys, limit tables (all workers).
+    pub shared_policy: Arc<crate::policy::state::Shared>,
+    /// This worker's policy state: decision caches, log limiter, pending
+    /// handshakes.
+    pub policy: crate::policy::state::WorkerPolicy,
     /// The shutdown wait, woken when the last connection ends.
     drained: RefCell<Option<Waker>>,
 }
@@ -99,6 +104,8 @@ pub struct WorkerSpec {
     pub tls: Arc<TlsSetup>,
     /// Every server's shared state.
     pub fleet: Arc<Fleet>,
+    /// The policy's shared state.
+    pub policy: Arc<crate::policy::state::Shared>,
     /// How many workers the server runs.
     pub workers: usize,
     /// The worker's end of its control channel.
@@ -174,6 +181,8 @@ async fn worker_main(spec: WorkerSpec) {
         tls: spec.tls,
         balancers: Balancers::new(&config, &spec.fleet, spec.id as u64 + 1),
         fleet: spec.fleet,
+        policy: crate::policy::state::WorkerPolicy::new(&config),
+        shared_policy: spec.policy,
         drained: RefCell::new(None),
         config,
     });

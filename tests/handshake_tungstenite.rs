@@ -79,6 +79,10 @@ fn backend_opts() -> BackendRequest<'static> {
         forwarded_proto: "https",
         forward_extensions: false,
         client_cert: None,
+        forwarded_for_trusted: true,
+        protocols: None,
+        drop_headers: &[],
+        add_headers: &[],
     }
 }
 

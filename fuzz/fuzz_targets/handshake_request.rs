@@ -112,6 +112,10 @@ fuzz_target!(|data: &[u8]| {
             forwarded_proto: "https",
             forward_extensions: steps & 0x80 != 0,
             client_cert: None,
+            forwarded_for_trusted: true,
+            protocols: None,
+            drop_headers: &[],
+            add_headers: &[],
         };
         let out = build_backend_request(&req, &opts);
         let big = Limits {

@@ -154,6 +154,7 @@ pub fn check_answer(request: &[u8], head: &[u8]) -> Result<Option<()>, Failure> 
         accept: accept_key(req.key().as_bytes()),
         request: &req,
         forward_extensions: false,
+        protocols: None,
     };
     let mut headers = [httparse::EMPTY_HEADER; 64];
     match parse_response(head, &mut headers, &limits, &expect) {

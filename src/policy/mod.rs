@@ -5,6 +5,7 @@
 //! parsed" and "backend chosen"; every refusal knows its HTTP status and a
 //! short reason for the log and the counters.
 
+pub mod admit;
 pub mod api_key;
 pub mod cidr;
 pub mod client_ip;
@@ -14,3 +15,4 @@ pub mod jwt;
 pub mod limiter;
 pub mod origin;
 pub mod refusal;
+pub mod state;

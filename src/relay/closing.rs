@@ -131,33 +131,39 @@ impl Closing {
     /// side 1001 (client at fault) or 1014 (backend at fault).
     pub fn protocol_error(&mut self, leg: Leg, e: ProtocolError) {
         self.set_ending(Ending::ProtocolError(leg, e));
-        self.at_fault(leg, e.close_code(), e.reason());
+        let other = match leg {
+            Leg::Client => "client protocol error",
+            Leg::Backend => "backend protocol error",
+        };
+        self.at_fault(leg, e.close_code(), e.reason(), other);
     }
 
     /// A leg broke a per-connection limit (rate): it gets `code`, the other
     /// side as for a protocol error.
     pub fn over_limit(&mut self, leg: Leg, code: CloseCode, reason: &'static str) {
         self.set_ending(Ending::RateLimited(leg));
-        self.at_fault(leg, code, reason);
+        let other = match leg {
+            Leg::Client => "client over its rate limit",
+            Leg::Backend => "backend over its rate limit",
+        };
+        self.at_fault(leg, code, reason, other);
     }
 
-    fn at_fault(&mut self, leg: Leg, code: CloseCode, reason: &'static str) {
+    /// `leg` broke a rule: it gets `code`/`reason`; the other leg hears
+    /// `other` (1001 to a backend, 1014 to a client).
+    fn at_fault(&mut self, leg: Leg, code: CloseCode, reason: &'static str, other: &'static str) {
         self.leg(leg).recv_close = true;
         match leg {
             Leg::Client => {
                 self.deferred = Some((code, reason));
-                self.post_close(Leg::Backend, CloseCode::GOING_AWAY, "client protocol error");
+                self.post_close(Leg::Backend, CloseCode::GOING_AWAY, other);
                 if self.leg(Leg::Backend).recv_close {
                     self.release_deferred();
                 }
             }
             Leg::Backend => {
                 self.post_close(leg, code, reason);
-                self.post_close(
-                    Leg::Client,
-                    CloseCode::BAD_GATEWAY,
-                    "backend protocol error",
-                );
+                self.post_close(Leg::Client, CloseCode::BAD_GATEWAY, other);
             }
         }
     }

@@ -65,6 +65,12 @@ impl<C, B> std::fmt::Debug for Relay<C, B> {
 }
 
 impl<C, B> Relay<C, B> {
+    /// Installs per-connection policy (rate limits, a deadline); before the
+    /// first poll. Deadlines count from when the relay was made.
+    pub fn set_policy(&mut self, policy: super::limit::Policy) {
+        self.core.set_policy(policy);
+    }
+
     /// Its slot in the worker's registry, once it has been polled.
     pub fn registry_slot(&self) -> Option<usize> {
         self.shutdown_slot

@@ -15,45 +15,65 @@ pub enum OnLimit {
     Throttle,
 }
 
-/// A generic cell rate algorithm over a microsecond clock: `rate` units per
-/// second with a burst of `burst` units.
+/// A generic cell rate algorithm: `count` units per period with a burst of
+/// `burst` units. Time comes in µs (the relay core's clock); inside it is
+/// kept in ns, and the interval per unit in ns × 2^16 (fixed point), so a
+/// byte rate of a GiB/s is as exact as one message a minute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Gcra {
-    /// Theoretical arrival time of the next unit (µs).
+    /// Theoretical arrival time of the next unit (ns).
     tat: u64,
-    /// µs per unit.
+    /// ns per unit, × 2^16.
     interval: u64,
-    /// How far ahead of now `tat` may run (µs): `burst × interval`.
+    /// How far ahead of now `tat` may run (ns): `burst × interval`.
     tolerance: u64,
 }
+
+/// Fixed-point shift of [`Gcra::interval`].
+const FRAC: u32 = 16;
 
 impl Gcra {
     /// `rate` units per second (at least 1), `burst` units at once (at least 1).
     pub fn new(rate: u64, burst: u64) -> Gcra {
-        let interval = (1_000_000 / rate.max(1)).max(1);
+        Gcra::per(rate, std::time::Duration::from_secs(1), burst)
+    }
+
+    /// `count` units per `per` (at most a day), `burst` units at once.
+    pub fn per(count: u64, per: std::time::Duration, burst: u64) -> Gcra {
+        let per_ns = u128::try_from(per.as_nanos())
+            .unwrap_or(u128::MAX)
+            .min(86_400_000_000_000);
+        let interval = ((per_ns << FRAC) / u128::from(count.max(1))).max(1);
+        let interval = u64::try_from(interval).unwrap_or(u64::MAX);
         Gcra {
             tat: 0,
             interval,
-            tolerance: interval.saturating_mul(burst.max(1)),
+            tolerance: units(interval, burst.max(1)),
         }
     }
 
-    /// Charges `n` units at `now` (they have already arrived). `Ok`: within
-    /// the rate. `Err(at)`: over it; the bucket has room again at `at`.
+    /// Charges `n` units at `now` µs (they have already arrived). `Ok`:
+    /// within the rate. `Err(at)`: over it; the bucket has room again at
+    /// `at` µs.
     #[inline]
     pub fn charge(&mut self, now: u64, n: u64) -> Result<(), u64> {
-        let tat = self
-            .tat
-            .max(now)
-            .saturating_add(n.saturating_mul(self.interval));
+        let now = now.saturating_mul(1000);
+        let tat = self.tat.max(now).saturating_add(units(self.interval, n));
         self.tat = tat;
         let ahead = tat - now;
         if ahead <= self.tolerance {
             Ok(())
         } else {
-            Err(now + (ahead - self.tolerance))
+            Err((now + (ahead - self.tolerance)).div_ceil(1000))
         }
     }
+}
+
+/// `n` units of `interval` (fixed point) in ns.
+#[inline]
+fn units(interval: u64, n: u64) -> u64 {
+    let ns = (u128::from(interval) * u128::from(n)) >> FRAC;
+    u64::try_from(ns).unwrap_or(u64::MAX)
 }
 
 /// One direction's rate limits.
@@ -118,6 +138,37 @@ mod tests {
         for i in 0..100u64 {
             assert_eq!(g.charge(i * 100_000, 1), Ok(()), "{i}");
         }
+    }
+
+    #[test]
+    fn slow_rates_per_period() {
+        // 6 per minute: one every 10 s, burst 2.
+        let mut g = Gcra::per(6, std::time::Duration::from_secs(60), 2);
+        assert_eq!(g.charge(0, 1), Ok(()));
+        assert_eq!(g.charge(0, 1), Ok(()));
+        assert_eq!(g.charge(0, 1), Err(10_000_000));
+        assert_eq!(Gcra::per(10, std::time::Duration::from_secs(1), 3), Gcra::new(10, 3));
+    }
+
+    #[test]
+    fn fast_byte_rates_are_exact() {
+        // 1 GiB/s with a 1 MiB burst: the burst at once, then 1 GiB over a
+        // second in 64 KiB reads.
+        let mut g = Gcra::per(1 << 30, std::time::Duration::from_secs(1), 1 << 20);
+        assert_eq!(g.charge(0, 1 << 20), Ok(()));
+        assert!(g.charge(0, 1).is_err());
+        let mut t = 0;
+        for _ in 0..(1 << 14) {
+            t += 61; // 64 KiB at 1 GiB/s takes 61.04 µs
+            let _ = g.charge(t, 64 << 10);
+        }
+        // 16384 reads of 64 KiB = 1 GiB: done within a few µs of 1 s.
+        let mut g2 = Gcra::per(1 << 30, std::time::Duration::from_secs(1), 1 << 20);
+        assert_eq!(g2.charge(0, 1 << 20), Ok(()));
+        assert_eq!(g2.charge(0, 1 << 30), Err(1_000_000));
+        // 3 MB/s is 3 MB/s (not rounded to whole µs per byte).
+        let mut g3 = Gcra::per(3_000_000, std::time::Duration::from_secs(1), 1);
+        assert_eq!(g3.charge(0, 3_000_001), Err(1_000_000));
     }
 
     #[test]

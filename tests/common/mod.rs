@@ -132,9 +132,14 @@ impl Proxy {
 
     /// Starts `config` (its listeners should be on port 0) with one worker
     /// and the given driver; a short shutdown grace unless it sets one.
-    pub fn start_config(driver: IoDriver, mut config: Config) -> Proxy {
+    pub fn start_config(driver: IoDriver, config: Config) -> Proxy {
+        Proxy::start_workers(driver, config, 1)
+    }
+
+    /// [`Proxy::start_config`] with `workers` workers.
+    pub fn start_workers(driver: IoDriver, mut config: Config, workers: usize) -> Proxy {
         let defaults = Config::embedded_default();
-        config.workers = 1;
+        config.workers = workers;
         config.io_driver = driver;
         if config.timeouts.shutdown_grace == defaults.timeouts.shutdown_grace {
             config.timeouts.shutdown_grace = Duration::from_millis(300);
@@ -148,7 +153,11 @@ impl Proxy {
             IoDriver::Epoll => "epoll",
             IoDriver::Auto => server.drivers[0],
         };
-        assert_eq!(server.drivers, [want], "the io driver asked for");
+        assert!(
+            server.drivers.iter().all(|d| *d == want),
+            "the io driver asked for: {:?}",
+            server.drivers
+        );
         Proxy {
             addr: server.addrs[0],
             server: Some(server),

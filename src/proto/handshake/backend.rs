@@ -33,6 +33,20 @@ pub struct BackendRequest<'a> {
     /// entries, sent as `X-Client-Cert-Subject` and `X-Client-Cert-SAN`
     /// (headers of those names from the client are never forwarded).
     pub client_cert: Option<(&'a str, &'a str)>,
+    /// The client's `X-Forwarded-For` is kept (the peer is a trusted
+    /// proxy) and `client_ip` appended; otherwise the header sent is
+    /// `client_ip` alone, whatever the client wrote.
+    pub forwarded_for_trusted: bool,
+    /// The `Sec-WebSocket-Protocol` list to send instead of the client's
+    /// (a credential taken out of it); `Some("")` leaves the header out.
+    /// The backend may only choose from this list.
+    pub protocols: Option<&'a str>,
+    /// Client headers never forwarded, besides the usual ones (identity
+    /// headers wsedge writes itself).
+    pub drop_headers: &'a [&'a str],
+    /// Headers added after the forwarding headers (identity, the external
+    /// authorization service's answer). Values must hold no CR, LF or NUL.
+    pub add_headers: &'a [(&'a str, &'a [u8])],
 }
 
 /// Headers never forwarded as they are: hop-by-hop ones (RFC 9110 §7.6.1),
@@ -92,8 +106,15 @@ pub fn build_backend_request(req: &UpgradeRequest<'_, '_>, opts: &BackendRequest
     put_header(&mut out, "Sec-WebSocket-Key", opts.key.as_bytes());
     put_header(&mut out, "Sec-WebSocket-Version", VERSION.as_bytes());
 
+    if let Some(list) = opts.protocols
+        && !list.is_empty()
+    {
+        put_header(&mut out, "Sec-WebSocket-Protocol", list.as_bytes());
+    }
     for h in headers {
         let dropped = NOT_FORWARDED.iter().any(|n| h.name.eq_ignore_ascii_case(n))
+            || opts.drop_headers.iter().any(|n| h.name.eq_ignore_ascii_case(n))
+            || (opts.protocols.is_some() && h.name.eq_ignore_ascii_case("sec-websocket-protocol"))
             || (!opts.forward_extensions
                 && h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
             || header_tokens(headers, "connection")
@@ -104,7 +125,8 @@ pub fn build_backend_request(req: &UpgradeRequest<'_, '_>, opts: &BackendRequest
     }
 
     out.extend_from_slice(b"X-Forwarded-For: ");
-    for value in header_values(headers, "x-forwarded-for") {
+    let believed = opts.forwarded_for_trusted;
+    for value in header_values(headers, "x-forwarded-for").filter(|_| believed) {
         let value = trim_ows(value);
         if !value.is_empty() {
             out.extend_from_slice(value);
@@ -123,8 +145,18 @@ pub fn build_backend_request(req: &UpgradeRequest<'_, '_>, opts: &BackendRequest
         put_header(&mut out, "X-Client-Cert-Subject", &header_safe(subject));
         put_header(&mut out, "X-Client-Cert-SAN", &header_safe(san));
     }
+    for (name, value) in opts.add_headers {
+        put_header(&mut out, name, &header_safe_bytes(value));
+    }
     out.extend_from_slice(b"\r\n");
     out
+}
+
+/// Bytes fit for a header line: control characters other than HTAB become `?`.
+fn header_safe_bytes(s: &[u8]) -> Vec<u8> {
+    s.iter()
+        .map(|&b| if (b < 0x20 && b != b'\t') || b == 0x7f { b'?' } else { b })
+        .collect()
 }
 
 /// A value fit for a header line: control characters become `?`.
@@ -145,15 +177,18 @@ pub struct Expect<'a> {
     /// Whether the client's extensions were forwarded; when off, the backend
     /// must not choose any.
     pub forward_extensions: bool,
+    /// The subprotocol list sent instead of the client's, if any.
+    pub protocols: Option<&'a str>,
 }
 
 impl<'a> Expect<'a> {
     /// The expectations that go with `build_backend_request(request, opts)`.
-    pub fn new(request: &'a UpgradeRequest<'a, 'a>, opts: &BackendRequest<'_>) -> Self {
+    pub fn new(request: &'a UpgradeRequest<'a, 'a>, opts: &BackendRequest<'a>) -> Self {
         Self {
             accept: accept_key(opts.key.as_bytes()),
             request,
             forward_extensions: opts.forward_extensions,
+            protocols: opts.protocols,
         }
     }
 }
@@ -329,7 +364,11 @@ fn validate_switch<'b>(
     let protocol = match single(headers, "sec-websocket-protocol") {
         Single::None => None,
         Single::One(p) if is_token(p) => {
-            if !expect.request.protocols().any(|offered| offered == p) {
+            let offered = match expect.protocols {
+                Some(list) => tokens(list.as_bytes()).any(|offered| offered == p),
+                None => expect.request.protocols().any(|offered| offered == p),
+            };
+            if !offered {
                 return Err(ResponseError::ProtocolNotOffered);
             }
             Some(std::str::from_utf8(p).map_err(|_| ResponseError::InvalidProtocol)?)

@@ -374,6 +374,10 @@ fn opts(forward_extensions: bool) -> BackendRequest<'static> {
         forwarded_proto: "http",
         forward_extensions,
         client_cert: None,
+        forwarded_for_trusted: true,
+        protocols: None,
+        drop_headers: &[],
+        add_headers: &[],
     }
 }
 
@@ -388,6 +392,10 @@ fn client_cert_headers_replace_the_clients() {
     assert!(!contains(&out, "forged"));
     let o = BackendRequest {
         client_cert: Some(("CN=dev1, O=Acme", "DNS:dev1.example\r\nX: y")),
+        forwarded_for_trusted: true,
+        protocols: None,
+        drop_headers: &[],
+        add_headers: &[],
         ..opts(false)
     };
     let out = build_backend_request(&req, &o);
@@ -751,6 +759,10 @@ fn backend_status_outside_100_to_599_is_malformed() {
         forwarded_proto: "http",
         forward_extensions: false,
         client_cert: None,
+        forwarded_for_trusted: true,
+        protocols: None,
+        drop_headers: &[],
+        add_headers: &[],
     };
     let expect = Expect::new(&request, &opts);
     for status in ["000", "099", "600", "999"] {
