@@ -473,7 +473,11 @@ async fn start(
     if !cfg.listeners[listener].acl.permits(peer.ip()) {
         ctx.stats.refused_by[Reason::AddressDenied.index()].inc();
         log_refusal(&ctx, peer, None, "address_denied", || {
-            format!("address_denied: {} is not allowed on listener {}", peer.ip(), cfg.listeners[listener].address)
+            format!(
+                "address_denied: {} is not allowed on listener {}",
+                peer.ip(),
+                cfg.listeners[listener].address
+            )
         });
         return None;
     }
@@ -484,14 +488,25 @@ async fn start(
     else {
         let refusal = Refusal::new(
             Reason::PendingHandshakes,
-            format!("{} handshakes in progress on this worker", cfg.limits.max_pending_handshakes),
+            format!(
+                "{} handshakes in progress on this worker",
+                cfg.limits.max_pending_handshakes
+            ),
         );
         ctx.stats.refused_by[refusal.reason.index()].inc();
         ctx.stats.refused.inc();
-        log_refusal(&ctx, peer, Some(503), refusal.reason.label(), || refusal.to_string());
+        log_refusal(&ctx, peer, Some(503), refusal.reason.label(), || {
+            refusal.to_string()
+        });
         // A plain client gets its 503 (one write, no waiting); a TLS one
         // is closed before the TLS handshake's cost.
-        if ctx.tls.listeners.get(listener).and_then(Option::as_ref).is_none() {
+        if ctx
+            .tls
+            .listeners
+            .get(listener)
+            .and_then(Option::as_ref)
+            .is_none()
+        {
             let _ = monoio::time::timeout(
                 Duration::from_millis(100),
                 transport::write_all(&mut tcp, &refusal.response()),
@@ -643,7 +658,10 @@ fn log_refusal(
     let now_s = fleet::now_ms() / 1000;
     let d = ctx.policy.log.admit(label, now_s);
     if let Some(n) = d.summary {
-        info!(worker = ctx.id, "{n} more refused for {label} in the last second");
+        info!(
+            worker = ctx.id,
+            "{n} more refused for {label} in the last second"
+        );
     }
     if d.log {
         match status {

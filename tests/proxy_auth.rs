@@ -73,12 +73,17 @@ async fn every_algorithm_is_accepted_and_the_identity_forwarded(driver: IoDriver
             ("X-User-Id", "forged-admin"),
             ("x-user-scopes", "everything"),
         ];
-        let (_ws, resp) = RawWs::connect(proxy.addr, &upgrade_request("/", &headers), &[]).await;
+        let (_ws, resp) =
+            RawWs::try_connect(proxy.addr, &upgrade_request("/", &headers), &[]).await;
         assert_eq!(resp.status, 101, "{alg}: {resp:?}");
         let got = backend.accept().await;
         let h = got.request.headers();
         let ids: Vec<_> = h.get_all("x-user-id").iter().collect();
-        assert_eq!(ids, [&format!("user-{alg}")], "{alg}: the forged one is gone");
+        assert_eq!(
+            ids,
+            [&format!("user-{alg}")],
+            "{alg}: the forged one is gone"
+        );
         let scopes: Vec<_> = h.get_all("x-user-scopes").iter().collect();
         assert_eq!(scopes, ["chat:read chat:write"]);
     }
@@ -112,13 +117,13 @@ async fn each_failure_gets_its_status(driver: IoDriver) {
     ] {
         let auth = format!("Bearer {}", t[name]);
         let req = upgrade_request("/", &[("Authorization", &auth)]);
-        let (_ws, resp) = RawWs::connect(proxy.addr, &req, &[]).await;
+        let (_ws, resp) = RawWs::try_connect(proxy.addr, &req, &[]).await;
         assert_eq!(resp.status, status, "{name}: {resp:?}");
         if status == 401 {
             assert_eq!(resp.header("www-authenticate"), Some("Bearer"), "{name}");
         }
     }
-    let (_ws, resp) = RawWs::connect(proxy.addr, &upgrade_request("/", &[]), &[]).await;
+    let (_ws, resp) = RawWs::try_connect(proxy.addr, &upgrade_request("/", &[]), &[]).await;
     assert_eq!(resp.status, 401, "no token");
     assert_eq!(resp.header("www-authenticate"), Some("Bearer"));
     proxy.wait_counter("no_credential", 1).await;
@@ -144,15 +149,17 @@ async fn token_sources_and_what_the_backend_sees(driver: IoDriver) {
 
     // The query: the parameter is gone from the target the backend gets.
     let path = format!("/room?x=1&access_token={token}&y=2");
-    let (_ws, resp) = RawWs::connect(proxy.addr, &upgrade_request(&path, &[]), &[]).await;
+    // (This backend picks chat.v1: the client must offer it.)
+    let chat = ("Sec-WebSocket-Protocol", "chat.v1");
+    let (_ws, resp) = RawWs::try_connect(proxy.addr, &upgrade_request(&path, &[chat]), &[]).await;
     assert_eq!(resp.status, 101, "{resp:?}");
     let got = backend.accept().await;
     assert_eq!(got.request.uri().to_string(), "/room?x=1&y=2");
 
     // A cookie.
     let cookie = format!("theme=dark; session={token}");
-    let req = upgrade_request("/", &[("Cookie", &cookie)]);
-    let (_ws, resp) = RawWs::connect(proxy.addr, &req, &[]).await;
+    let req = upgrade_request("/", &[("Cookie", &cookie), chat]);
+    let (_ws, resp) = RawWs::try_connect(proxy.addr, &req, &[]).await;
     assert_eq!(resp.status, 101);
     backend.accept().await;
 
@@ -160,7 +167,7 @@ async fn token_sources_and_what_the_backend_sees(driver: IoDriver) {
     // are not echoed in the 101.
     let list = format!("bearer, {}, chat.v1", t["protocol"]);
     let req = upgrade_request("/", &[("Sec-WebSocket-Protocol", &list)]);
-    let (_ws, resp) = RawWs::connect(proxy.addr, &req, &[]).await;
+    let (_ws, resp) = RawWs::try_connect(proxy.addr, &req, &[]).await;
     assert_eq!(resp.status, 101, "{resp:?}");
     assert_eq!(resp.header("sec-websocket-protocol"), Some("chat.v1"));
     let got = backend.accept().await;
@@ -203,9 +210,12 @@ async fn the_connection_closes_when_its_token_expires(driver: IoDriver) {
         );
         let proxy = Proxy::start_config(driver, config(&keys, "", "", &backend.addr.to_string()));
         let auth = format!("Bearer {}", hs256_expiring_in(2));
-        let (mut ws, resp) =
-            RawWs::connect(proxy.addr, &upgrade_request("/", &[("Authorization", &auth)]), &[])
-                .await;
+        let (mut ws, resp) = RawWs::try_connect(
+            proxy.addr,
+            &upgrade_request("/", &[("Authorization", &auth)]),
+            &[],
+        )
+        .await;
         assert_eq!(resp.status, 101, "{resp:?}");
         let mut got = backend.accept().await;
         // Traffic flows until then.
@@ -234,10 +244,15 @@ async fn the_connection_closes_when_its_token_expires(driver: IoDriver) {
 
 async fn api_keys_name_the_identity(driver: IoDriver) {
     let mut backend = Backend::start().await;
-    let dir = std::env::temp_dir().join(format!("wsedge-apikeys-{}-{driver:?}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("wsedge-apikeys-{}-{driver:?}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("keys");
-    std::fs::write(&file, "billing:k-billing-0123456789\nsearch:k-search-9876543210\n").unwrap();
+    std::fs::write(
+        &file,
+        "billing:k-billing-0123456789\nsearch:k-search-9876543210\n",
+    )
+    .unwrap();
     let keys = format!(
         "kind = \"api_key\"\nkeys_file = \"{}\"\ntoken_from = [\"header:X-API-Key\", \"query:api_key\"]\n\
          forward = {{ sub = \"X-Client-Name\" }}",
@@ -245,27 +260,35 @@ async fn api_keys_name_the_identity(driver: IoDriver) {
     );
     let proxy = Proxy::start_config(
         driver,
-        config(&keys, "max_connections_per_identity = 1", "", &backend.addr.to_string()),
+        config(
+            &keys,
+            "max_connections_per_identity = 1",
+            "",
+            &backend.addr.to_string(),
+        ),
     );
     let req = upgrade_request("/", &[("X-API-Key", "k-billing-0123456789")]);
-    let (_held, resp) = RawWs::connect(proxy.addr, &req, &[]).await;
+    let (_held, resp) = RawWs::try_connect(proxy.addr, &req, &[]).await;
     assert_eq!(resp.status, 101);
     let got = backend.accept().await;
     assert_eq!(got.request.headers()["x-client-name"], "billing");
     // One connection per identity.
-    let (_ws, resp) = RawWs::connect(proxy.addr, &req, &[]).await;
+    let (_ws, resp) = RawWs::try_connect(proxy.addr, &req, &[]).await;
     assert_eq!(resp.status, 429, "{resp:?}");
     proxy.wait_counter("identity_connections", 1).await;
     // From the query: gone from the target.
-    let (_ws, resp) =
-        RawWs::connect(proxy.addr, &upgrade_request("/q?api_key=k-search-9876543210", &[]), &[])
-            .await;
+    let (_ws, resp) = RawWs::try_connect(
+        proxy.addr,
+        &upgrade_request("/q?api_key=k-search-9876543210", &[]),
+        &[],
+    )
+    .await;
     assert_eq!(resp.status, 101);
     let got = backend.accept().await;
     assert_eq!(got.request.uri().to_string(), "/q");
     assert_eq!(got.request.headers()["x-client-name"], "search");
     let bad = upgrade_request("/", &[("X-API-Key", "k-billing-0123456788")]);
-    let (_ws, resp) = RawWs::connect(proxy.addr, &bad, &[]).await;
+    let (_ws, resp) = RawWs::try_connect(proxy.addr, &bad, &[]).await;
     assert_eq!(resp.status, 401);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -317,23 +340,34 @@ async fn an_external_service_decides(driver: IoDriver) {
         )
     };
     let proxy = Proxy::start_config(driver, config(&keys(""), "", "", &backend.addr.to_string()));
-    let allow = upgrade_request("/", &[("Authorization", "Bearer allow-1"), ("X-User", "mallory")]);
-    let (_ws, resp) = RawWs::connect(proxy.addr, &allow, &[]).await;
+    let allow = upgrade_request(
+        "/",
+        &[("Authorization", "Bearer allow-1"), ("X-User", "mallory")],
+    );
+    let (_ws, resp) = RawWs::try_connect(proxy.addr, &allow, &[]).await;
     assert_eq!(resp.status, 101, "{resp:?}");
     let got = backend.accept().await;
     let users: Vec<_> = got.request.headers().get_all("x-user").iter().collect();
-    assert_eq!(users, ["alice"], "copied from the service; the client's is gone");
+    assert_eq!(
+        users,
+        ["alice"],
+        "copied from the service; the client's is gone"
+    );
     assert!(got.request.headers().get("x-other").is_none());
     // Cached: the same credential does not ask again.
-    let (_ws, resp) = RawWs::connect(proxy.addr, &allow, &[]).await;
+    let (_ws, resp) = RawWs::try_connect(proxy.addr, &allow, &[]).await;
     assert_eq!(resp.status, 101);
     backend.accept().await;
-    assert_eq!(asked.load(Ordering::SeqCst), 1, "the second decision came from the cache");
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        1,
+        "the second decision came from the cache"
+    );
     let deny = upgrade_request("/", &[("Authorization", "Bearer nope")]);
-    let (_ws, resp) = RawWs::connect(proxy.addr, &deny, &[]).await;
+    let (_ws, resp) = RawWs::try_connect(proxy.addr, &deny, &[]).await;
     assert_eq!(resp.status, 403);
     let slow = upgrade_request("/", &[("Authorization", "Bearer slow")]);
-    let (_ws, resp) = RawWs::connect(proxy.addr, &slow, &[]).await;
+    let (_ws, resp) = RawWs::try_connect(proxy.addr, &slow, &[]).await;
     assert_eq!(resp.status, 503, "timeout → 503");
     drop(proxy);
     // fail_open: the same timeout lets the client in.
@@ -341,7 +375,7 @@ async fn an_external_service_decides(driver: IoDriver) {
         driver,
         config(&keys("fail_open = true"), "", "", &backend.addr.to_string()),
     );
-    let (_ws, resp) = RawWs::connect(proxy.addr, &slow, &[]).await;
+    let (_ws, resp) = RawWs::try_connect(proxy.addr, &slow, &[]).await;
     assert_eq!(resp.status, 101);
     backend.accept().await;
 }

@@ -35,23 +35,25 @@ fn acquire(
     who: &str,
     connections: Reason,
 ) -> Result<Permit, Refusal> {
-    table.acquire(key, limits, now_ms).map_err(|over| match over {
-        Over::Connections => Refusal::new(
-            connections,
-            format!(
-                "{who} has {} connections open",
-                limits.max_concurrent.unwrap_or(0)
+    table
+        .acquire(key, limits, now_ms)
+        .map_err(|over| match over {
+            Over::Connections => Refusal::new(
+                connections,
+                format!(
+                    "{who} has {} connections open",
+                    limits.max_concurrent.unwrap_or(0)
+                ),
             ),
-        ),
-        Over::Rate { retry_after_ms } => {
-            Refusal::new(Reason::IpRate, format!("{who} is over its handshake rate"))
-                .retry_after(retry_after_ms.div_ceil(1000))
-        }
-        Over::Full => Refusal::new(
-            Reason::TrackingFull,
-            "every tracked client has open connections (limits.max_tracked_clients)",
-        ),
-    })
+            Over::Rate { retry_after_ms } => {
+                Refusal::new(Reason::IpRate, format!("{who} is over its handshake rate"))
+                    .retry_after(retry_after_ms.div_ceil(1000))
+            }
+            Over::Full => Refusal::new(
+                Reason::TrackingFull,
+                "every tracked client has open connections (limits.max_tracked_clients)",
+            ),
+        })
 }
 
 /// The `[limits]` per-IP checks for a client at `ip`: a permit held while
@@ -123,7 +125,12 @@ pub async fn admit_route(
     if !policy.origins.permits(origin) {
         let shown = origin.map_or_else(
             || "no Origin".to_string(),
-            |o| format!("Origin {:?}", String::from_utf8_lossy(&o[..o.len().min(200)])),
+            |o| {
+                format!(
+                    "Origin {:?}",
+                    String::from_utf8_lossy(&o[..o.len().min(200)])
+                )
+            },
         );
         return Err(Refusal::new(
             Reason::OriginDenied,
@@ -153,7 +160,9 @@ pub async fn admit_route(
             .drop_headers
             .extend(a.forward.iter().map(|(_, h)| h.clone()));
         if let AuthKind::External(s) = &a.kind {
-            admission.drop_headers.extend(s.copy_headers.iter().cloned());
+            admission
+                .drop_headers
+                .extend(s.copy_headers.iter().cloned());
         }
     }
 
@@ -266,7 +275,10 @@ pub async fn admit_route(
                             if *value != name {
                                 return Err(Refusal::new(
                                     Reason::Forbidden,
-                                    format!("auth {:?}: key {name:?} is not {value:?} (require)", a.name),
+                                    format!(
+                                        "auth {:?}: key {name:?} is not {value:?} (require)",
+                                        a.name
+                                    ),
                                 ));
                             }
                         }
@@ -304,7 +316,10 @@ pub async fn admit_route(
         held.route = Some(shared.route_enter(route_index, max).ok_or_else(|| {
             Refusal::new(
                 Reason::RouteConnections,
-                format!("route {} has {max} connections (max_connections)", route.label),
+                format!(
+                    "route {} has {max} connections (max_connections)",
+                    route.label
+                ),
             )
         })?);
     }

@@ -11,11 +11,14 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use ring::digest::{SHA256, digest};
 
+/// A key's name and the SHA-256 of the key.
+type Entry = (String, [u8; 32]);
+
 /// The keys of one `[[auth]]` block.
 #[derive(Debug)]
 pub struct ApiKeys {
     file: PathBuf,
-    keys: ArcSwap<Vec<(String, [u8; 32])>>,
+    keys: ArcSwap<Vec<Entry>>,
 }
 
 impl ApiKeys {
@@ -72,15 +75,15 @@ fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-fn read(file: &Path) -> Result<Vec<(String, [u8; 32])>, String> {
+fn read(file: &Path) -> Result<Vec<Entry>, String> {
     let text =
         std::fs::read_to_string(file).map_err(|e| format!("keys_file {}: {e}", file.display()))?;
     parse(&text).map_err(|(line, m)| format!("{}:{line}: {m}", file.display()))
 }
 
 /// Parses a keys file: `name:key` lines.
-fn parse(text: &str) -> Result<Vec<(String, [u8; 32])>, (usize, String)> {
-    let mut keys: Vec<(String, [u8; 32])> = Vec::new();
+fn parse(text: &str) -> Result<Vec<Entry>, (usize, String)> {
+    let mut keys: Vec<Entry> = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {

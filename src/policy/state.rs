@@ -52,7 +52,8 @@ impl Shared {
             let state = match &a.kind {
                 AuthKind::Jwt(settings) => {
                     let v = Arc::new(
-                        JwtVerifier::load(settings).map_err(|m| format!("auth {:?}: {m}", a.name))?,
+                        JwtVerifier::load(settings)
+                            .map_err(|m| format!("auth {:?}: {m}", a.name))?,
                     );
                     if let Some(url) = &settings.jwks_url {
                         refreshers.push(spawn_refresher(
@@ -74,11 +75,7 @@ impl Shared {
         let route_ip = config
             .routes
             .iter()
-            .map(|r| {
-                r.policy
-                    .ip_override
-                    .map(|_| KeyedLimiter::new(capacity))
-            })
+            .map(|r| r.policy.ip_override.map(|_| KeyedLimiter::new(capacity)))
             .collect();
         Ok(Arc::new(Shared {
             auths,
@@ -110,7 +107,9 @@ impl Shared {
     pub fn route_enter(self: &Arc<Self>, route: usize, max: u32) -> Option<RouteSlot> {
         let counter = self.route_active.get(route)?;
         counter
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
             .ok()?;
         Some(RouteSlot {
             shared: Arc::clone(self),
@@ -188,7 +187,8 @@ impl WorkerPolicy {
                 .auths
                 .iter()
                 .map(|a| {
-                    matches!(a.kind, AuthKind::External(_)).then(|| DecisionCache::new(CACHE_ENTRIES))
+                    matches!(a.kind, AuthKind::External(_))
+                        .then(|| DecisionCache::new(CACHE_ENTRIES))
                 })
                 .collect(),
             log: LogLimiter::default(),

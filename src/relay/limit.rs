@@ -40,9 +40,7 @@ impl Gcra {
 
     /// `count` units per `per` (at most a day), `burst` units at once.
     pub fn per(count: u64, per: std::time::Duration, burst: u64) -> Gcra {
-        let per_ns = u128::try_from(per.as_nanos())
-            .unwrap_or(u128::MAX)
-            .min(86_400_000_000_000);
+        let per_ns = per.as_nanos().min(86_400_000_000_000);
         let interval = ((per_ns << FRAC) / u128::from(count.max(1))).max(1);
         let interval = u64::try_from(interval).unwrap_or(u64::MAX);
         Gcra {
@@ -147,7 +145,10 @@ mod tests {
         assert_eq!(g.charge(0, 1), Ok(()));
         assert_eq!(g.charge(0, 1), Ok(()));
         assert_eq!(g.charge(0, 1), Err(10_000_000));
-        assert_eq!(Gcra::per(10, std::time::Duration::from_secs(1), 3), Gcra::new(10, 3));
+        assert_eq!(
+            Gcra::per(10, std::time::Duration::from_secs(1), 3),
+            Gcra::new(10, 3)
+        );
     }
 
     #[test]

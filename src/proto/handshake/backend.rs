@@ -113,7 +113,10 @@ pub fn build_backend_request(req: &UpgradeRequest<'_, '_>, opts: &BackendRequest
     }
     for h in headers {
         let dropped = NOT_FORWARDED.iter().any(|n| h.name.eq_ignore_ascii_case(n))
-            || opts.drop_headers.iter().any(|n| h.name.eq_ignore_ascii_case(n))
+            || opts
+                .drop_headers
+                .iter()
+                .any(|n| h.name.eq_ignore_ascii_case(n))
             || (opts.protocols.is_some() && h.name.eq_ignore_ascii_case("sec-websocket-protocol"))
             || (!opts.forward_extensions
                 && h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
@@ -155,7 +158,13 @@ pub fn build_backend_request(req: &UpgradeRequest<'_, '_>, opts: &BackendRequest
 /// Bytes fit for a header line: control characters other than HTAB become `?`.
 fn header_safe_bytes(s: &[u8]) -> Vec<u8> {
     s.iter()
-        .map(|&b| if (b < 0x20 && b != b'\t') || b == 0x7f { b'?' } else { b })
+        .map(|&b| {
+            if (b < 0x20 && b != b'\t') || b == 0x7f {
+                b'?'
+            } else {
+                b
+            }
+        })
         .collect()
 }
 
