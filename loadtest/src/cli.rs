@@ -78,6 +78,10 @@ pub struct ClientArgs {
     /// edges of the measured window: `NAME=PID` or `PID`. Repeatable.
     #[arg(long)]
     pub watch: Vec<String>,
+    /// An extra header on every upgrade request: `"Name: value"`
+    /// (`--header "Authorization: Bearer $TOKEN"`). Repeatable.
+    #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
     #[command(flatten)]
     pub tls: TlsArgs,
 }
@@ -238,7 +242,19 @@ impl ClientArgs {
             resume,
             version: self.tls.tls_version.clone(),
         };
-        crate::net::Target::parse(url, Some(&tls))
+        let mut target = crate::net::Target::parse(url, Some(&tls))?;
+        for h in &self.headers {
+            let Some((name, value)) = h.split_once(':') else {
+                anyhow::bail!("--header {h:?}: expected \"Name: value\"");
+            };
+            if name.trim().is_empty() || h.contains(['\r', '\n']) {
+                anyhow::bail!("--header {h:?}: expected \"Name: value\" on one line");
+            }
+            target
+                .headers
+                .push_str(&format!("{}: {}\r\n", name.trim(), value.trim()));
+        }
+        Ok(target)
     }
 
     pub fn watched(&self) -> anyhow::Result<Vec<(String, u32)>> {

@@ -49,7 +49,7 @@ async fn upgrade(
     key: &str,
 ) -> Result<(Stream, Vec<u8>), ErrKind> {
     let mut req = Vec::with_capacity(256);
-    handshake::write_request(&mut req, &target.host, &target.path, key);
+    handshake::write_request(&mut req, &target.host, &target.path, key, &target.headers);
     let (res, _) = stream.write_all(req).await;
     res.map_err(|_| ErrKind::Io)?;
     let mut buf: Vec<u8> = Vec::with_capacity(1024);

@@ -22,8 +22,9 @@ pub fn new_key(random: [u8; 16]) -> String {
     STANDARD.encode(random)
 }
 
-/// Writes the client's upgrade request.
-pub fn write_request(out: &mut Vec<u8>, host: &str, path: &str, key: &str) {
+/// Writes the client's upgrade request; `extra`: more header lines, each
+/// ending in CRLF.
+pub fn write_request(out: &mut Vec<u8>, host: &str, path: &str, key: &str, extra: &str) {
     out.extend_from_slice(b"GET ");
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
@@ -32,7 +33,9 @@ pub fn write_request(out: &mut Vec<u8>, host: &str, path: &str, key: &str) {
         b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ",
     );
     out.extend_from_slice(key.as_bytes());
-    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(extra.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Why the server's answer is not a valid upgrade.
@@ -157,7 +160,7 @@ mod tests {
     fn client_and_server_agree() {
         let key = new_key([7; 16]);
         let mut req = Vec::new();
-        write_request(&mut req, "example:80", "/chat", &key);
+        write_request(&mut req, "example:80", "/chat", &key, "");
         let Some(Request::Upgrade { head_len, response }) = parse_request(&req) else {
             panic!("request refused");
         };

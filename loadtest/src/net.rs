@@ -20,6 +20,8 @@ pub struct Target {
     pub host: String,
     pub path: String,
     pub url: String,
+    /// Extra request header lines (`Name: value\r\n` each), from `--header`.
+    pub headers: String,
     /// `wss://`: the TLS client configuration and the server name (SNI and
     /// the name the certificate must hold: the URL's host).
     pub tls: Option<TlsTarget>,
@@ -93,6 +95,7 @@ impl Target {
             host: authority.to_string(),
             path: path.to_string(),
             url: format!("{}://{authority}{path}", if secure { "wss" } else { "ws" }),
+            headers: String::new(),
             tls,
         })
     }
