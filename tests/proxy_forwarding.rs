@@ -75,7 +75,8 @@ async fn headers_path_and_query(driver: IoDriver) {
     assert_eq!(one(&req, "Sec-WebSocket-Protocol"), "chat, superchat");
     assert_eq!(one(&req, "X-Custom"), "hello world");
     assert_eq!(values(&req, "X-Multi"), ["1", "2"]);
-    assert_eq!(one(&req, "X-Forwarded-For"), "203.0.113.9, 127.0.0.1");
+    // Not from a trusted proxy: the client's claim is replaced.
+    assert_eq!(one(&req, "X-Forwarded-For"), "127.0.0.1");
     assert_eq!(one(&req, "X-Forwarded-Proto"), "http");
     assert_eq!(one(&req, "X-Forwarded-Host"), "example.test");
     assert_eq!(one(&req, "Sec-WebSocket-Version"), "13");
@@ -170,11 +171,14 @@ async fn subprotocol_not_offered_is_502(driver: IoDriver) {
     assert_eq!(proxy.counter("upgraded"), 0);
 }
 
-/// Several `X-Forwarded-For` headers (and a list) are joined in order, then
-/// the client's address appended.
+/// From a trusted proxy, several `X-Forwarded-For` headers (and a list)
+/// are joined in order, then the peer's address appended; from anyone
+/// else the header is the peer alone.
 async fn forwarded_for_appended_to_several(driver: IoDriver) {
     let mut backend = Backend::start().await;
-    let proxy = Proxy::start(driver, &backend.upstream());
+    let proxy = Proxy::start_with(driver, &backend.upstream(), |c| {
+        c.trusted_proxies = wsedge::policy::cidr::CidrList::parse(&["127.0.0.1"]).unwrap();
+    });
     let req = upgrade_request(
         "/",
         &[

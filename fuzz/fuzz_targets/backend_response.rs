@@ -121,6 +121,7 @@ fuzz_target!(|data: &[u8]| {
         accept: accept_key(KEY),
         request: request(),
         forward_extensions: config & 1 != 0,
+        protocols: None,
     };
     let limits = Limits {
         max_head_bytes: HEAD[((config >> 1) & 3) as usize],

@@ -169,6 +169,25 @@ impl Step {
     }
 }
 
+/// Reads a service's answer from bytes that arrive in `splits` (the ends
+/// of successive reads into one buffer, as the network brings them): the
+/// decision once a final head is complete, or why there is none; `None`
+/// when more bytes are needed. What [`ask`] does with its reads, without
+/// the sockets (for the fuzz target).
+pub fn read_answer(
+    buf: &[u8],
+    splits: &[usize],
+    copy: &[String],
+) -> Option<Result<Decision, String>> {
+    let mut reader = answer::AnswerReader::new();
+    for &end in splits.iter().chain(std::iter::once(&buf.len())) {
+        if let Some(verdict) = reader.feed(&buf[..end.min(buf.len())], copy) {
+            return Some(verdict.map_err(|f| f.to_string()));
+        }
+    }
+    None
+}
+
 /// Why the service could not decide; becomes [`Decision::Unavailable`]'s
 /// reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
