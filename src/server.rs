@@ -340,7 +340,7 @@ pub fn wait_for_shutdown_signal(server: &Server) -> i32 {
         if sig != libc::SIGHUP {
             return sig;
         }
-        info!("SIGHUP: reloading certificates");
+        info!("SIGHUP: reloading certificates and authentication keys");
         server.reload_tls();
     }
 }

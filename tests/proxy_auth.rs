@@ -380,7 +380,52 @@ async fn an_external_service_decides(driver: IoDriver) {
     backend.accept().await;
 }
 
+async fn jwks_file_is_reloaded_on_sighup(driver: IoDriver) {
+    let backend = echo_backend().await.to_string();
+    let dir = std::env::temp_dir().join(format!("wsedge-jwks-{}-{driver:?}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let jwks = dir.join("jwks.json");
+    // First only the EC P-256 key.
+    let all: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("jwks.json")).unwrap()).unwrap();
+    let only = |kid: &str| {
+        let keys: Vec<_> = all["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|k| k["kid"] == kid)
+            .cloned()
+            .collect();
+        serde_json::json!({ "keys": keys }).to_string()
+    };
+    std::fs::write(&jwks, only("ec256-1")).unwrap();
+    let keys = format!("kind = \"jwt\"\njwks_file = \"{}\"", jwks.display());
+    let proxy = Proxy::start_config(driver, config(&keys, "", "", &backend));
+    let t = tokens();
+    let with = |name: &str| {
+        let auth = format!("Bearer {}", t[name]);
+        upgrade_request("/", &[("Authorization", &auth)])
+    };
+    let status = |req: Vec<u8>| async move {
+        let (_ws, resp) = RawWs::try_connect(proxy.addr, &req, &[]).await;
+        resp.status
+    };
+    assert_eq!(status(with("valid_ES256")).await, 101);
+    assert_eq!(status(with("valid_EdDSA")).await, 401);
+    // Rotated: the Ed25519 key replaces it; SIGHUP (what reload_tls is).
+    std::fs::write(&jwks, only("ed-1")).unwrap();
+    proxy.reload_tls();
+    assert_eq!(status(with("valid_EdDSA")).await, 101);
+    assert_eq!(status(with("valid_ES256")).await, 401);
+    // A broken file keeps the keys in use.
+    std::fs::write(&jwks, "{ not json").unwrap();
+    proxy.reload_tls();
+    assert_eq!(status(with("valid_EdDSA")).await, 101);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 both_drivers!(
+    jwks_file_is_reloaded_on_sighup,
     every_algorithm_is_accepted_and_the_identity_forwarded,
     each_failure_gets_its_status,
     token_sources_and_what_the_backend_sees,
