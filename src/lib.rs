@@ -15,6 +15,7 @@ pub mod echo;
 pub mod fleet;
 pub mod health;
 pub mod listener;
+pub mod logging;
 pub mod policy;
 pub mod pool;
 pub mod proto;

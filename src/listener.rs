@@ -25,6 +25,9 @@ pub fn bind_all(
     backlog: u32,
     workers: usize,
 ) -> io::Result<Vec<std::net::TcpListener>> {
+    if addr.port() != 0 {
+        refuse_shared(addr)?;
+    }
     let first = bind_reuseport(addr, backlog)?;
     let actual = first.local_addr()?;
     let mut all = vec![first];
@@ -32,4 +35,21 @@ pub fn bind_all(
         all.push(bind_reuseport(actual, backlog)?);
     }
     Ok(all)
+}
+
+/// Fails when another socket already listens on `addr`: a second process
+/// binding it with `SO_REUSEPORT` too would silently take a share of its
+/// connections. A socket bound without `SO_REUSEPORT` cannot share the
+/// address, so binding one (then dropping it) tells.
+fn refuse_shared(addr: SocketAddr) -> io::Result<()> {
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    match probe.bind(&addr.into()) {
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "Address already in use: another process listens there (a second wsedge would \
+             silently share its connections through SO_REUSEPORT; stop it first)",
+        )),
+        other => other,
+    }
 }

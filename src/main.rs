@@ -71,6 +71,13 @@ struct Args {
     /// io driver: auto (io_uring, else epoll), uring or epoll.
     #[arg(long, value_name = "DRIVER")]
     io_driver: Option<IoDriver>,
+    /// Do not pin workers to cores (containers with CPU quotas).
+    #[arg(long)]
+    no_pin: bool,
+    /// Log format: text (colour only on a terminal, never with NO_COLOR) or
+    /// json (one object per line).
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<wsedge::logging::LogFormat>,
 }
 
 fn main() -> ExitCode {
@@ -100,14 +107,16 @@ fn main() -> ExitCode {
             }
         };
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WSEDGE_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_thread_names(true)
-        .init();
-
+    // `--listen` alone serves the built-in echo server: only on loopback,
+    // unless asked for by name (`--upstream builtin:echo`).
+    if args.upstream.is_empty() {
+        if let Some(a) = args.listen.iter().find(|a| !a.ip().is_loopback()) {
+            eprintln!(
+                "wsedge: --listen {a} without --upstream would serve the built-in echo server on a non-loopback address; add --upstream HOST:PORT, or --upstream builtin:echo to mean it"
+            );
+            return ExitCode::FAILURE;
+        }
+    }
     let loaded = match &args.config {
         Some(path) => Config::load(path),
         None if args.listen.is_empty()
@@ -139,6 +148,16 @@ fn main() -> ExitCode {
     }
     if let Some(d) = args.io_driver {
         config.io_driver = d;
+    }
+    if args.no_pin {
+        config.pin = false;
+    }
+    if let Some(f) = args.log_format {
+        config.log.format = f;
+    }
+    if let Err(e) = wsedge::logging::init(&config.log) {
+        eprintln!("wsedge: {e}");
+        return ExitCode::FAILURE;
     }
     let uses_echo = config.uses_builtin_echo();
     let config_listeners: Vec<bool> = config.listeners.iter().map(|l| l.tls.is_some()).collect();

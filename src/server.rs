@@ -147,7 +147,12 @@ impl Server {
         } else {
             config.workers
         };
-        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let cores = if config.pin {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        check_open_files(&config, n);
         let (tls, warnings) = TlsSetup::build(&config).map_err(StartError::Tls)?;
         for w in config.warnings().into_iter().chain(warnings) {
             warn!("{w}");
@@ -328,6 +333,24 @@ impl Server {
     /// The counters summed over the workers.
     pub fn totals(&self) -> Vec<(&'static str, u64)> {
         crate::stats::sum(&self.stats)
+    }
+}
+
+/// Raises the open-file limit to its hard limit, and warns when even that
+/// is short of what the configuration may need: two descriptors per
+/// connection (client and backend) for `max_connections` established and
+/// `max_pending_handshakes` in progress on every worker, plus a margin.
+fn check_open_files(config: &Config, workers: usize) {
+    let per_worker = 2 * (config.limits.max_connections + config.limits.max_pending_handshakes);
+    let needed = (workers * per_worker + 64 * workers + 64) as u64;
+    match crate::sys::raise_nofile_limit() {
+        Ok(limit) if limit < needed => warn!(
+            limit,
+            needed,
+            "the open-file limit ({limit}) is below what {workers} workers × 2 × (limits.max_connections + limits.max_pending_handshakes) may need ({needed}): past it clients get 503; raise it (LimitNOFILE= in the systemd unit, ulimit -Hn) or lower limits.max_connections"
+        ),
+        Ok(limit) => info!(limit, needed, "open-file limit"),
+        Err(e) => warn!("cannot read the open-file limit: {e}"),
     }
 }
 

@@ -40,7 +40,7 @@ use crate::proto::handshake::{
 };
 use crate::proto::proxy_protocol::{self, Parsed, ProxyError};
 use crate::relay::limit::{Gcra, Policy, RateLimit};
-use crate::relay::{Outcome, Relay, RelayConfig, Tag};
+use crate::relay::{Ending, Outcome, Relay, RelayConfig, Tag};
 use crate::route::RequestView;
 use crate::tls::{self, Established, TlsStream};
 use crate::transport::{self, Stream, Transport, into_poll};
@@ -142,6 +142,8 @@ enum Cause {
     /// The handshake policy refused it (address, Origin, authentication,
     /// limits).
     Policy(Box<Refusal>),
+    /// The process has no file descriptor left (EMFILE/ENFILE): 503.
+    OutOfFds,
 }
 
 /// How the body of a relayed backend answer ended.
@@ -217,7 +219,7 @@ impl HandshakeError {
             (Cause::Answered(status, _), _) => Some(*status),
             (Cause::Policy(r), _) => Some(r.status()),
             (Cause::NoRoute(_), _) => Some(404),
-            (Cause::Overloaded | Cause::NoServer, _) => Some(503),
+            (Cause::Overloaded | Cause::NoServer | Cause::OutOfFds, _) => Some(503),
             (Cause::TimedOut, Side::Client) if self.step == Step::ReadingRequestHead => Some(408),
             (_, Side::Client) => None,
             (Cause::TimedOut, Side::Backend(_)) => Some(504),
@@ -244,6 +246,7 @@ impl HandshakeError {
                     404 => "no route for this request",
                     408 => "request head timed out",
                     500 => "internal error",
+                    503 if self.cause == Cause::OutOfFds => "server out of file descriptors",
                     503 => "too many connections",
                     504 => "backend timed out",
                     _ => "backend unavailable",
@@ -272,6 +275,9 @@ impl std::fmt::Display for HandshakeError {
             }
             Cause::Tls(e) => write!(f, "{side}: {e}"),
             Cause::Policy(r) => write!(f, "{r}"),
+            Cause::OutOfFds => f.write_str(
+                "out of file descriptors connecting to a backend (raise the open-file limit)",
+            ),
         }
     }
 }
@@ -338,6 +344,10 @@ struct Info {
     tagged: bool,
     /// Its counts in the policy's limit tables, and its identity.
     held: Option<Box<Held>>,
+    /// Its route's index.
+    route: usize,
+    /// The client's TLS version, if any.
+    tls: Option<&'static str>,
 }
 
 impl std::fmt::Debug for Session {
@@ -415,18 +425,44 @@ fn closed(ctx: &WorkerCtx, info: &Info, outcome: &Outcome) {
     ctx.stats.record_ending(&outcome.ending);
     ctx.stats.bytes_from_client.add(outcome.from_client);
     ctx.stats.bytes_from_backend.add(outcome.from_backend);
+    if !ctx.config.log.access {
+        return;
+    }
+    // The access line: field names are documented (docs/operations.md,
+    // "Logs") and stable.
+    let (closed_by, close_code) = match outcome.ending {
+        Ending::Closed { by, code } => (leg_name(by), code.unwrap_or(1005)),
+        Ending::Vanished(leg, _) | Ending::Dead(leg) => (leg_name(leg.other()), 1006),
+        Ending::ProtocolError(_, e) => ("wsedge", e.close_code().0),
+        Ending::RateLimited(_) => ("wsedge", 1008),
+        Ending::TunnelEnded => ("-", 0),
+        _ => ("wsedge", 1001),
+    };
     info!(
         worker = ctx.id,
         client = %info.peer,
+        route = %ctx.config.routes[info.route].label,
         path = %info.path,
         backend = %info.server,
         identity = info.held.as_ref().and_then(|h| h.identity_name.as_deref()).unwrap_or("-"),
+        tls = info.tls.unwrap_or("-"),
+        closed_by,
+        close_code,
         from_client = outcome.from_client,
         from_backend = outcome.from_backend,
+        messages_from_client = outcome.client.messages,
+        messages_from_backend = outcome.backend.messages,
         secs = info.started.elapsed().as_secs_f32(),
         "closed: {}",
         outcome.ending
     );
+}
+
+fn leg_name(leg: crate::relay::Leg) -> &'static str {
+    match leg {
+        crate::relay::Leg::Client => "client",
+        crate::relay::Leg::Backend => "backend",
+    }
 }
 
 /// The handshake phase: returns the relay to run, or `None` when the
@@ -610,6 +646,12 @@ async fn start(
             upstream: up.upstream,
             tagged: false,
             held: (!held.is_empty()).then(|| Box::new(held)),
+            route: up.route,
+            tls: tls_info.as_ref().map(|t| match t.version {
+                Some(tls::record::Version::Tls13) => "TLSv1.3",
+                Some(tls::record::Version::Tls12) => "TLSv1.2",
+                None => "TLS",
+            }),
         }),
     ))
 }
@@ -663,10 +705,12 @@ fn log_refusal(
             "{n} more refused for {label} in the last second"
         );
     }
-    if d.log {
+    if d.log && ctx.config.log.access {
         match status {
-            Some(status) => info!(worker = ctx.id, client = %peer, status, "refused: {}", line()),
-            None => info!(worker = ctx.id, client = %peer, "dropped: {}", line()),
+            Some(status) => {
+                info!(worker = ctx.id, client = %peer, status, reason = label, "refused: {}", line())
+            }
+            None => info!(worker = ctx.id, client = %peer, reason = label, "dropped: {}", line()),
         }
     }
 }
@@ -997,6 +1041,12 @@ async fn handshake(
         let mut backend =
             match connect_one(ctx, up_index, &spec.host, server, proxy_header.as_deref()).await {
                 Ok(b) => b,
+                Err(error) if error.cause == Cause::OutOfFds => {
+                    // Not the server's fault: no ejection, no retry.
+                    drop(pending);
+                    fleet::Attempt::new(fleet_up, &slot).ok();
+                    return Err(error.into());
+                }
                 Err(error) => {
                     drop(pending);
                     drop(fleet::Attempt::new(fleet_up, &slot));
@@ -1356,12 +1406,19 @@ async fn connect_one(
             )
         })?,
     };
-    let tcp = match timed(ctx.config.timeouts.connect, TcpStream::connect_addr(addr)).await {
-        Ok(s) => {
+    let connected =
+        monoio::time::timeout(ctx.config.timeouts.connect, TcpStream::connect_addr(addr)).await;
+    let tcp = match connected {
+        Ok(Ok(s)) => {
             let _ = s.set_nodelay(true);
             into_poll(s).map_err(|e| Cause::Io(e.kind()))
         }
-        Err(cause) => Err(cause),
+        // Not the backend's fault: this process has no descriptor left.
+        Ok(Err(e)) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+            return Err(HandshakeError::proxy(Step::Connecting, Cause::OutOfFds));
+        }
+        Ok(Err(e)) => Err(Cause::Io(e.kind())),
+        Err(_) => Err(Cause::TimedOut),
     }
     .map_err(|cause| HandshakeError::backend(server, Step::Connecting, cause))?;
     let mut tcp = tcp;

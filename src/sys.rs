@@ -53,3 +53,77 @@ pub fn wait_for_signals(signals: &[i32]) -> i32 {
     unsafe { libc::sigwait(&set, &mut sig) };
     sig
 }
+
+/// Raises the soft open-file limit to the hard one; returns the limit in
+/// force afterwards (the soft limit).
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: `raised` is a valid rlimit, read only.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// When accepting fails for want of file descriptors: frees `reserve` (a
+/// descriptor kept for this), accepts one waiting client on `listener`
+/// (without blocking), writes it `answer` (without blocking) and closes
+/// it, then takes the reserve again. Returns whether a client was answered.
+pub fn refuse_one_without_fds(
+    listener: RawFd,
+    reserve: &mut Option<std::fs::File>,
+    answer: &[u8],
+) -> bool {
+    drop(reserve.take());
+    let mut pfd = libc::pollfd {
+        fd: listener,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is one valid pollfd; a zero timeout never blocks.
+    let ready = unsafe { libc::poll(&mut pfd, 1, 0) } > 0;
+    let mut answered = false;
+    if ready {
+        // SAFETY: null address pointers are allowed (the peer's address is
+        // not wanted); the flags make the new socket non-blocking and
+        // close-on-exec.
+        let fd = unsafe {
+            libc::accept4(
+                listener,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: `answer` is valid for its length; MSG_DONTWAIT never
+            // blocks, MSG_NOSIGNAL avoids SIGPIPE on a closed peer.
+            let _ = unsafe {
+                libc::send(
+                    fd,
+                    answer.as_ptr().cast(),
+                    answer.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            // SAFETY: `fd` was returned by accept4 above and is closed once.
+            unsafe { libc::close(fd) };
+            answered = true;
+        }
+    }
+    *reserve = std::fs::File::open("/dev/null").ok();
+    answered
+}

@@ -251,6 +251,13 @@ async fn trim_pool(pool: Rc<Pool>) {
 }
 
 async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener, index: usize) {
+    use std::os::fd::AsRawFd;
+    // A descriptor kept in reserve: when the process runs out, it is freed
+    // to accept a waiting client and tell it 503, instead of leaving it in
+    // the queue to time out (or reach a backend connect that fails: a
+    // misleading 502).
+    let mut reserve = std::fs::File::open("/dev/null").ok();
+    let answer = crate::proto::handshake::simple_response(503, "server out of file descriptors");
     loop {
         let accepted = monoio::select! {
             r = listener.accept() => r,
@@ -265,8 +272,32 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener, index: usize) {
                 // awaited future, and double what an idle connection costs).
                 monoio::spawn(crate::session::serve(Rc::clone(&ctx), stream, peer, index));
             }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                let answered =
+                    crate::sys::refuse_one_without_fds(listener.as_raw_fd(), &mut reserve, &answer);
+                if answered {
+                    ctx.stats.refused.inc();
+                }
+                let now_s = crate::fleet::now_ms() / 1000;
+                let d = ctx.policy.log.admit("out_of_fds", now_s);
+                if let Some(n) = d.summary {
+                    error!(
+                        worker = ctx.id,
+                        "{n} more clients refused with 503 for want of file descriptors in the last second"
+                    );
+                }
+                if d.log {
+                    error!(
+                        worker = ctx.id,
+                        "accept failed: {e}: the client got 503; raise the open-file limit (LimitNOFILE, ulimit -n) or lower limits.max_connections"
+                    );
+                }
+                if !answered {
+                    monoio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
+                // Back off instead of spinning.
                 error!(worker = ctx.id, "accept failed: {e}");
                 monoio::time::sleep(Duration::from_millis(100)).await;
             }

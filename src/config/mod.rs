@@ -89,6 +89,9 @@ pub struct Config {
     pub workers: usize,
     /// The io driver.
     pub io_driver: IoDriver,
+    /// Pin each worker to a core (`pin = false` / `--no-pin` for
+    /// containers with CPU quotas, where pinning can stack workers).
+    pub pin: bool,
     /// Addresses to accept clients on.
     pub listeners: Vec<Listener>,
     /// Named groups of backend servers.
@@ -104,6 +107,8 @@ pub struct Config {
     pub trusted_proxies: crate::policy::cidr::CidrList,
     /// `[[auth]]` blocks, in file order (routes name them by index).
     pub auths: Vec<Auth>,
+    /// `[log]`.
+    pub log: crate::logging::LogSettings,
 }
 
 /// A listening address.
@@ -374,6 +379,8 @@ struct File {
     workers: usize,
     #[serde(default)]
     io_driver: IoDriver,
+    #[serde(default = "yes")]
+    pin: bool,
     #[serde(default, rename = "listener")]
     listeners: Vec<toml::Spanned<FileListener>>,
     #[serde(default, rename = "upstream")]
@@ -388,12 +395,33 @@ struct File {
     trusted_proxies: Vec<String>,
     #[serde(default, rename = "auth")]
     auths: Vec<toml::Spanned<policy::FileAuth>>,
+    #[serde(default)]
+    log: FileLog,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileLog {
+    format: crate::logging::LogFormat,
+    level: String,
+    access: bool,
+}
+
+impl Default for FileLog {
+    fn default() -> Self {
+        let d = crate::logging::LogSettings::default();
+        FileLog {
+            format: d.format,
+            level: d.level,
+            access: d.access,
+        }
+    }
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileListener {
-    address: SocketAddr,
+    address: ListenAddress,
     #[serde(default = "default_backlog")]
     backlog: u32,
     tls: Option<toml::Spanned<FileListenerTls>>,
@@ -600,6 +628,26 @@ impl Default for FileLimits {
     }
 }
 
+/// A listener's address: `IP:PORT`, or `NAME:PORT` resolved when the
+/// configuration is read (its first address).
+struct ListenAddress(SocketAddr);
+
+impl<'de> Deserialize<'de> for ListenAddress {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if let Ok(a) = s.parse::<SocketAddr>() {
+            return Ok(ListenAddress(a));
+        }
+        use std::net::ToSocketAddrs;
+        match s.to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(a)) => Ok(ListenAddress(a)),
+            _ => Err(de::Error::custom(format!(
+                "address {s:?}: expected IP:PORT (\"127.0.0.1:8080\", \"0.0.0.0:443\", \"[::]:443\") or HOST:PORT with a name that resolves"
+            ))),
+        }
+    }
+}
+
 /// A byte size: an integer, or a string like `"64KiB"`, `"16MiB"`, `"1GiB"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Size(u64);
@@ -611,21 +659,42 @@ impl<'de> Deserialize<'de> for Size {
 }
 
 /// An integer, or a string for `parse`: how sizes and durations are written.
+/// Anything else (a float, a bool, a table) is refused with what is expected.
 fn int_or_str<'de, D: Deserializer<'de>, T>(
     d: D,
     from_int: fn(u64) -> T,
     parse: fn(&str) -> Result<T, String>,
 ) -> Result<T, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Int(u64),
-        Str(String),
+    struct V<T> {
+        from_int: fn(u64) -> T,
+        parse: fn(&str) -> Result<T, String>,
     }
-    match Raw::deserialize(d)? {
-        Raw::Int(n) => Ok(from_int(n)),
-        Raw::Str(s) => parse(&s).map_err(de::Error::custom),
+    impl<T> de::Visitor<'_> for V<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(
+                "a whole number, or a string with a unit (a duration like \"5s\", \"250ms\", \"2m\"; a size like \"64KiB\")",
+            )
+        }
+        fn visit_u64<E: de::Error>(self, n: u64) -> Result<T, E> {
+            Ok((self.from_int)(n))
+        }
+        fn visit_i64<E: de::Error>(self, n: i64) -> Result<T, E> {
+            u64::try_from(n)
+                .map(self.from_int)
+                .map_err(|_| E::custom(format!("{n}: must not be negative")))
+        }
+        fn visit_f64<E: de::Error>(self, n: f64) -> Result<T, E> {
+            Err(E::custom(format!(
+                "{n}: expected a whole number, or a string with a unit (\"{n}s\" is not read as a duration: write \"{}ms\")",
+                (n * 1000.0).round()
+            )))
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<T, E> {
+            (self.parse)(s).map_err(E::custom)
+        }
     }
+    d.deserialize_any(V { from_int, parse })
 }
 
 /// Parses `"16MiB"`, `"64 KiB"`, `"1000"`, `"2k"`.
@@ -764,6 +833,7 @@ impl Config {
                 "limits.max_tracked_clients must be between 1024 and 67108864".into(),
             ));
         }
+        crate::logging::check_level(&file.log.level).map_err(|m| err(None, m))?;
         let trusted_proxies = crate::policy::cidr::CidrList::parse(&file.trusted_proxies)
             .map_err(|m| err(None, format!("trusted_proxies: {m}")))?;
         let mut auths: Vec<Auth> = Vec::new();
@@ -955,7 +1025,7 @@ impl Config {
                 return Err(err(Some(line), TLS_BUFFER_MESSAGE.into()));
             }
             listeners.push(Listener {
-                address: l.address,
+                address: l.address.0,
                 backlog: l.backlog,
                 tls,
                 proxy_protocol: l.proxy_protocol,
@@ -974,6 +1044,7 @@ impl Config {
         Ok(Config {
             workers: file.workers,
             io_driver: file.io_driver,
+            pin: file.pin,
             listeners,
             upstreams,
             routes,
@@ -981,6 +1052,11 @@ impl Config {
             limits,
             trusted_proxies,
             auths,
+            log: crate::logging::LogSettings {
+                format: file.log.format,
+                level: file.log.level.clone(),
+                access: file.log.access,
+            },
         })
     }
 

@@ -35,6 +35,7 @@ pub const SCENARIO_LIMIT: Duration = Duration::from_secs(60);
 /// Declares, for each scenario `name` (an `async fn name(driver: IoDriver)`
 /// in the same file), a module `name` with the tests `uring` and `epoll`.
 /// Attributes given before a name (`#[ignore = "..."]`) go on both tests.
+#[allow(unused_macros)] // not every test file runs scenarios under both drivers
 macro_rules! both_drivers {
     ($( $(#[$attr:meta])* $name:ident ),* $(,)?) => {$(
         mod $name {
