@@ -8,6 +8,7 @@
 //! [`config::Config`], talking to each worker over its [`control`] channel.
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod control;

@@ -71,6 +71,10 @@ struct Args {
     /// io driver: auto (io_uring, else epoll), uring or epoll.
     #[arg(long, value_name = "DRIVER")]
     io_driver: Option<IoDriver>,
+    /// Serve the admin endpoint (metrics, status page, API) on this
+    /// address, e.g. 127.0.0.1:9901. Overrides [admin] address.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
     /// Do not pin workers to cores (containers with CPU quotas).
     #[arg(long)]
     no_pin: bool,
@@ -151,6 +155,18 @@ fn main() -> ExitCode {
     }
     if args.no_pin {
         config.pin = false;
+    }
+    if let Some(address) = args.admin {
+        match &mut config.admin {
+            Some(a) => a.address = address,
+            None => {
+                config.admin = Some(wsedge::admin::AdminSettings {
+                    address,
+                    token_file: None,
+                    read_open: false,
+                })
+            }
+        }
     }
     if let Some(f) = args.log_format {
         config.log.format = f;

@@ -43,6 +43,10 @@ pub struct Server {
     health: Option<HealthChecker>,
     /// Stops DNS re-resolution likewise.
     resolving: Option<Resolving>,
+    /// The admin endpoint, when configured.
+    admin: Option<crate::admin::Admin>,
+    /// Set when shutting down: `/readyz` answers 503.
+    draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Why [`Server::start`] failed. Nothing is served when it is returned;
@@ -237,6 +241,25 @@ impl Server {
         }
         let health = health::spawn(Arc::clone(&config), Arc::clone(&fleet), &tls);
         let resolving = resolve::spawn(Arc::clone(&config), Arc::clone(&fleet), resolver);
+        let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let admin = match &config.admin {
+            Some(settings) => Some(
+                crate::admin::spawn(
+                    settings,
+                    crate::admin::AdminView {
+                        config: Arc::clone(&config),
+                        stats: stats.clone(),
+                        fleet: Arc::clone(&fleet),
+                        draining: Arc::clone(&draining),
+                    },
+                )
+                .map_err(|source| StartError::Bind {
+                    address: settings.address,
+                    source,
+                })?,
+            ),
+            None => None,
+        };
         Ok(Server {
             addrs,
             echo_addr,
@@ -250,12 +273,17 @@ impl Server {
             threads,
             health,
             resolving,
+            admin,
+            draining,
         })
     }
 
     /// Stops accepting, sends 1001 to every client and backend, waits up to
     /// the grace period for the close handshakes, and joins the workers.
-    pub fn shutdown(self) {
+    pub fn shutdown(mut self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Release);
+        drop(self.admin.take());
         self.policy.stop();
         if let Some(h) = self.health {
             h.stop();
@@ -328,6 +356,11 @@ impl Server {
     /// workers see it.
     pub fn fleet(&self) -> &Fleet {
         &self.fleet
+    }
+
+    /// Where the admin endpoint listens, when configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.addr)
     }
 
     /// The counters summed over the workers.

@@ -73,6 +73,8 @@ pub struct Stats {
     /// Handshakes refused by the policy, by reason
     /// ([`crate::policy::refusal::Reason::index`]).
     pub refused_by: [Counter; crate::policy::refusal::Reason::ALL.len()],
+    /// The worker thread's id (for its CPU time in `/proc`); 0 until it runs.
+    pub tid: std::sync::atomic::AtomicU32,
 }
 
 impl Stats {

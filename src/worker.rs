@@ -117,6 +117,12 @@ pub struct WorkerSpec {
 
 /// Runs a worker to completion on the current thread.
 pub fn run(spec: WorkerSpec) {
+    // SAFETY: gettid takes no arguments and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    spec.stats.tid.store(
+        u32::try_from(tid).unwrap_or(0),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     if let Some(core) = spec.core {
         core_affinity::set_for_current(core);
     }

@@ -109,6 +109,8 @@ pub struct Config {
     pub auths: Vec<Auth>,
     /// `[log]`.
     pub log: crate::logging::LogSettings,
+    /// `[admin]`: the admin endpoint, off when `None`.
+    pub admin: Option<crate::admin::AdminSettings>,
 }
 
 /// A listening address.
@@ -397,6 +399,16 @@ struct File {
     auths: Vec<toml::Spanned<policy::FileAuth>>,
     #[serde(default)]
     log: FileLog,
+    admin: Option<FileAdmin>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAdmin {
+    address: ListenAddress,
+    token_file: Option<PathBuf>,
+    #[serde(default)]
+    read_open: bool,
 }
 
 #[derive(Deserialize)]
@@ -834,6 +846,15 @@ impl Config {
             ));
         }
         crate::logging::check_level(&file.log.level).map_err(|m| err(None, m))?;
+        if let Some(a) = &file.admin
+            && a.read_open
+            && a.token_file.is_none()
+        {
+            return Err(err(
+                None,
+                "[admin] read_open needs token_file (without a token everything is open)".into(),
+            ));
+        }
         let trusted_proxies = crate::policy::cidr::CidrList::parse(&file.trusted_proxies)
             .map_err(|m| err(None, format!("trusted_proxies: {m}")))?;
         let mut auths: Vec<Auth> = Vec::new();
@@ -1057,6 +1078,11 @@ impl Config {
                 level: file.log.level.clone(),
                 access: file.log.access,
             },
+            admin: file.admin.as_ref().map(|a| crate::admin::AdminSettings {
+                address: a.address.0,
+                token_file: a.token_file.clone(),
+                read_open: a.read_open,
+            }),
         })
     }
 

@@ -1,0 +1,344 @@
+//! `GET /metrics`: the Prometheus text exposition format (version 0.0.4),
+//! rendered from the workers' counters, the servers' shared slots and
+//! `/proc`. Checked by `promtool check metrics` (`tests/admin.rs`).
+
+use std::fmt::Write;
+
+use super::AdminView;
+use crate::policy::refusal::Reason;
+
+/// Builds the exposition text: one `# HELP` and `# TYPE` per family, then
+/// its samples.
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let _ = write!(self.0, "{k}=\"{}\"", escape(v));
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+}
+
+/// A label value as the format wants it: `\`, `"` and newlines escaped.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The whole exposition.
+pub fn render(view: &AdminView) -> String {
+    let mut o = Out(String::with_capacity(8 << 10));
+    let sum = |f: fn(&crate::stats::Stats) -> u64| view.stats.iter().map(|s| f(s)).sum::<u64>();
+
+    o.family("wsedge_info", "gauge", "wsedge's version (always 1).");
+    o.sample("wsedge_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);
+    o.family("wsedge_workers", "gauge", "Worker threads.");
+    o.sample("wsedge_workers", &[], view.stats.len());
+
+    o.family(
+        "wsedge_connections_accepted_total",
+        "counter",
+        "Client connections accepted.",
+    );
+    o.sample(
+        "wsedge_connections_accepted_total",
+        &[],
+        sum(|s| s.accepted.get()),
+    );
+    o.family(
+        "wsedge_connections_active",
+        "gauge",
+        "Client connections open now (handshakes in progress included), by worker.",
+    );
+    for (i, s) in view.stats.iter().enumerate() {
+        o.sample(
+            "wsedge_connections_active",
+            &[("worker", &i.to_string())],
+            s.active.get(),
+        );
+    }
+
+    o.family(
+        "wsedge_handshakes_total",
+        "counter",
+        "Handshakes by outcome: 101, a policy refusal reason, or refused_other (a bad request, no route, a backend's error).",
+    );
+    let upgraded = sum(|s| s.upgraded.get());
+    o.sample("wsedge_handshakes_total", &[("outcome", "101")], upgraded);
+    let mut by_reason = 0;
+    for reason in Reason::ALL {
+        let n: u64 = view
+            .stats
+            .iter()
+            .map(|s| s.refused_by[reason.index()].get())
+            .sum();
+        by_reason += n;
+        o.sample("wsedge_handshakes_total", &[("outcome", reason.label())], n);
+    }
+    let refused = sum(|s| s.refused.get());
+    o.sample(
+        "wsedge_handshakes_total",
+        &[("outcome", "refused_other")],
+        refused.saturating_sub(by_reason),
+    );
+    o.family(
+        "wsedge_backend_connect_failures_total",
+        "counter",
+        "Handshakes that found no backend server to connect to (after retries).",
+    );
+    o.sample(
+        "wsedge_backend_connect_failures_total",
+        &[],
+        sum(|s| s.backend_failures.get()),
+    );
+
+    o.family(
+        "wsedge_connections_closed_total",
+        "counter",
+        "Relayed connections that ended: normal (close handshake), protocol_error, other (a side vanished, timeouts, shutdown, limits).",
+    );
+    for (how, n) in [
+        ("normal", sum(|s| s.closed_normally.get())),
+        ("protocol_error", sum(|s| s.protocol_errors.get())),
+        ("other", sum(|s| s.closed_otherwise.get())),
+    ] {
+        o.sample("wsedge_connections_closed_total", &[("how", how)], n);
+    }
+    o.family(
+        "wsedge_bytes_total",
+        "counter",
+        "Bytes relayed, by the leg they were read from (counted when a connection ends).",
+    );
+    o.sample(
+        "wsedge_bytes_total",
+        &[("from", "client")],
+        sum(|s| s.bytes_from_client.get()),
+    );
+    o.sample(
+        "wsedge_bytes_total",
+        &[("from", "backend")],
+        sum(|s| s.bytes_from_backend.get()),
+    );
+
+    o.family(
+        "wsedge_tls_handshakes_total",
+        "counter",
+        "TLS handshakes with clients that completed, by whether the session was resumed.",
+    );
+    o.sample(
+        "wsedge_tls_handshakes_total",
+        &[("resumed", "false")],
+        sum(|s| s.tls_full.get()),
+    );
+    o.sample(
+        "wsedge_tls_handshakes_total",
+        &[("resumed", "true")],
+        sum(|s| s.tls_resumed.get()),
+    );
+    o.family(
+        "wsedge_tls_handshake_failures_total",
+        "counter",
+        "TLS handshakes with clients that failed (refused, garbage, timed out).",
+    );
+    o.sample(
+        "wsedge_tls_handshake_failures_total",
+        &[],
+        sum(|s| s.tls_failed.get()),
+    );
+
+    servers(&mut o, view);
+    process(&mut o, view);
+    o.0
+}
+
+fn servers(o: &mut Out, view: &AdminView) {
+    let now = crate::fleet::now_ms();
+    let sets: Vec<_> = view.fleet.upstreams.iter().map(|u| u.current()).collect();
+    let each = |o: &mut Out, name: &str, f: &dyn Fn(&crate::balance::server::ServerSlot) -> u64| {
+        for (u, set) in view.config.upstreams.iter().zip(&sets) {
+            for s in &set.slots {
+                o.sample(name, &[("upstream", &u.name), ("server", s.addr())], f(s));
+            }
+        }
+    };
+    o.family(
+        "wsedge_server_up",
+        "gauge",
+        "1 when the server takes new connections (up, and not ejected or draining).",
+    );
+    each(o, "wsedge_server_up", &|s| u64::from(s.eligible(now)));
+    o.family(
+        "wsedge_server_state",
+        "gauge",
+        "The server's state: 1 for the one it is in (UP, DOWN, DRAINING, EJECTED).",
+    );
+    for (u, set) in view.config.upstreams.iter().zip(&sets) {
+        for s in &set.slots {
+            let mut current = super::state_word(s.state());
+            if current == "EJECTED" && s.eligible(now) {
+                current = "UP";
+            }
+            for state in ["UP", "DOWN", "DRAINING", "EJECTED"] {
+                o.sample(
+                    "wsedge_server_state",
+                    &[
+                        ("upstream", &u.name),
+                        ("server", s.addr()),
+                        ("state", state),
+                    ],
+                    u64::from(state == current),
+                );
+            }
+        }
+    }
+    o.family(
+        "wsedge_server_active_connections",
+        "gauge",
+        "Relayed connections open on the server, all workers.",
+    );
+    each(o, "wsedge_server_active_connections", &|s| {
+        u64::from(s.active())
+    });
+    o.family(
+        "wsedge_server_pending_handshakes",
+        "gauge",
+        "Backend handshakes in progress with the server.",
+    );
+    each(o, "wsedge_server_pending_handshakes", &|s| {
+        u64::from(s.pending())
+    });
+    o.family(
+        "wsedge_server_ejections_total",
+        "counter",
+        "Times passive outlier detection ejected the server.",
+    );
+    each(o, "wsedge_server_ejections_total", &|s| {
+        u64::from(s.ejections())
+    });
+    o.family(
+        "wsedge_server_consecutive_failures",
+        "gauge",
+        "Failed attempts in a row (passive health).",
+    );
+    each(o, "wsedge_server_consecutive_failures", &|s| {
+        u64::from(s.failures())
+    });
+}
+
+/// Clock ticks per second for `/proc/*/stat` times.
+fn ticks() -> f64 {
+    // SAFETY: sysconf takes no pointers and only reads a constant.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/.../stat` line, in seconds.
+fn cpu_seconds(stat: &str) -> Option<f64> {
+    // The command name (field 2) may hold spaces; fields resume after ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / ticks())
+}
+
+fn process(o: &mut Out, view: &AdminView) {
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        let kb = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+        if let Some(kb) = kb {
+            o.family(
+                "wsedge_process_resident_memory_bytes",
+                "gauge",
+                "Resident memory of the process.",
+            );
+            o.sample("wsedge_process_resident_memory_bytes", &[], kb * 1024);
+        }
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        o.family("wsedge_process_open_fds", "gauge", "Open file descriptors.");
+        o.sample("wsedge_process_open_fds", &[], dir.count());
+    }
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        o.family(
+            "wsedge_process_max_fds",
+            "gauge",
+            "The open-file limit in force (soft).",
+        );
+        o.sample("wsedge_process_max_fds", &[], lim.rlim_cur);
+    }
+    if let Some(s) = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| cpu_seconds(&s))
+    {
+        o.family(
+            "wsedge_process_cpu_seconds_total",
+            "counter",
+            "CPU time of the whole process (user + system).",
+        );
+        o.sample("wsedge_process_cpu_seconds_total", &[], format!("{s:.2}"));
+    }
+    o.family(
+        "wsedge_worker_cpu_seconds_total",
+        "counter",
+        "CPU time of each worker thread (user + system).",
+    );
+    for (i, s) in view.stats.iter().enumerate() {
+        let tid = s.tid.load(std::sync::atomic::Ordering::Relaxed);
+        if tid == 0 {
+            continue;
+        }
+        if let Some(secs) = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat"))
+            .ok()
+            .and_then(|s| cpu_seconds(&s))
+        {
+            o.sample(
+                "wsedge_worker_cpu_seconds_total",
+                &[("worker", &i.to_string())],
+                format!("{secs:.2}"),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut o = Out(String::new());
+        o.sample("m", &[("a", "x\"y\\z\nw")], 1);
+        assert_eq!(o.0, "m{a=\"x\\\"y\\\\z\\nw\"} 1\n");
+    }
+
+    #[test]
+    fn cpu_from_a_stat_line_with_spaces_in_the_name() {
+        let line =
+            "123 (wsedge worker) S 1 123 123 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0 1000";
+        let t = cpu_seconds(line).unwrap();
+        assert!((t - 300.0 / ticks()).abs() < 1e-9, "{t}");
+    }
+}

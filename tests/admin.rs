@@ -1,0 +1,220 @@
+//! The admin endpoint over real HTTP (requests written by hand, answers
+//! parsed by the test harness): probes, metrics that move with known
+//! traffic and pass `promtool check metrics`, the bearer token, and a
+//! drain through the API that stops new connections to a server.
+
+#[macro_use]
+mod common;
+
+use std::net::SocketAddr;
+
+use common::*;
+use wsedge::config::Config;
+
+fn config(extra: &str, servers: &[String]) -> Config {
+    let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
+    let text = format!(
+        "[admin]\naddress = \"127.0.0.1:0\"\n{extra}\n\
+         [[listener]]\naddress = \"127.0.0.1:0\"\n\
+         [[route]]\npath = \"/app\"\nupstream = \"u\"\n\
+         [[upstream]]\nname = \"u\"\nservers = [{}]\n",
+        list.join(", ")
+    );
+    Config::parse(&text, "admin.toml").unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> HttpResponse {
+    request(addr, "GET", path, token).await
+}
+
+async fn request(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> HttpResponse {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Length: 0\r\n\r\n");
+    http_exchange(addr, req.as_bytes()).await
+}
+
+/// The value of the sample `name{labels}` in an exposition.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+async fn probes_and_metrics_move_with_traffic(driver: IoDriver) {
+    let backend = echo_backend().await.to_string();
+    let proxy = Proxy::start_config(driver, config("", std::slice::from_ref(&backend)));
+    let admin = proxy.server().admin_addr().expect("admin on");
+    let r = get(admin, "/healthz", None).await;
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"ok\n"[..]));
+    assert_eq!(get(admin, "/readyz", None).await.status, 200);
+
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(
+            RawWs::connect(proxy.addr, &upgrade_request("/app", &[]), &[])
+                .await
+                .0,
+        );
+    }
+    let r = http_exchange(proxy.addr, &upgrade_request("/nowhere", &[])).await;
+    assert_eq!(r.status, 404);
+    let m = get(admin, "/metrics", None).await;
+    assert_eq!(m.status, 200);
+    assert!(
+        m.header("content-type")
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"),
+        "{m:?}"
+    );
+    let text = String::from_utf8(m.body).unwrap();
+    assert_eq!(
+        sample(&text, "wsedge_handshakes_total{outcome=\"101\"}"),
+        3.0
+    );
+    assert_eq!(
+        sample(&text, "wsedge_handshakes_total{outcome=\"refused_other\"}"),
+        1.0
+    );
+    assert_eq!(sample(&text, "wsedge_connections_accepted_total"), 4.0);
+    let active = format!("wsedge_server_active_connections{{upstream=\"u\",server=\"{backend}\"}}");
+    assert_eq!(sample(&text, &active), 3.0);
+    assert_eq!(
+        sample(
+            &text,
+            &format!("wsedge_server_state{{upstream=\"u\",server=\"{backend}\",state=\"UP\"}}")
+        ),
+        1.0
+    );
+    assert!(sample(&text, "wsedge_process_open_fds") > 0.0);
+    assert!(sample(&text, "wsedge_process_resident_memory_bytes") > 0.0);
+    check_with_promtool(&text);
+
+    // The running configuration, and 404/405 for what is not there.
+    let c = get(admin, "/api/config", None).await;
+    let v: serde_json::Value = serde_json::from_slice(&c.body).unwrap();
+    assert_eq!(v["upstreams"][0]["name"], "u");
+    assert_eq!(get(admin, "/api/nothing", None).await.status, 404);
+    assert_eq!(request(admin, "POST", "/metrics", None).await.status, 405);
+}
+
+/// `promtool check metrics`, where promtool is installed (Debian's
+/// `prometheus` package; `.ci/run` installs it when it can).
+fn check_with_promtool(text: &str) {
+    use std::io::Write;
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        eprintln!("NOTE: promtool not installed: `promtool check metrics` not run");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn a_token_guards_the_api(driver: IoDriver) {
+    let backend = echo_backend().await.to_string();
+    let dir = std::env::temp_dir().join(format!("wsedge-admin-{}-{driver:?}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "s3cret-admin-token-0123\n").unwrap();
+    let token = Some("s3cret-admin-token-0123");
+    let extra = format!("token_file = \"{}\"", token_file.display());
+    let proxy = Proxy::start_config(driver, config(&extra, std::slice::from_ref(&backend)));
+    let admin = proxy.server().admin_addr().unwrap();
+    let r = get(admin, "/metrics", None).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(
+        get(admin, "/metrics", Some("wrong-token-00000000000"))
+            .await
+            .status,
+        401
+    );
+    assert_eq!(get(admin, "/metrics", token).await.status, 200);
+    // Probes stay open: balancers and kubelets have no token.
+    assert_eq!(get(admin, "/healthz", None).await.status, 200);
+    let drain = format!("/api/servers/u/{backend}/drain");
+    assert_eq!(request(admin, "POST", &drain, None).await.status, 401);
+    drop(proxy);
+
+    // read_open: reads without a token, changes still with one.
+    let extra = format!(
+        "token_file = \"{}\"\nread_open = true",
+        token_file.display()
+    );
+    let proxy = Proxy::start_config(driver, config(&extra, std::slice::from_ref(&backend)));
+    let admin = proxy.server().admin_addr().unwrap();
+    assert_eq!(get(admin, "/metrics", None).await.status, 200);
+    assert_eq!(request(admin, "POST", &drain, None).await.status, 401);
+    assert_eq!(request(admin, "POST", &drain, token).await.status, 200);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn a_drained_server_gets_no_new_connections(driver: IoDriver) {
+    let mut a = Backend::start().await;
+    let mut b = Backend::start().await;
+    let (sa, sb) = (a.addr.to_string(), b.addr.to_string());
+    let proxy = Proxy::start_config(driver, config("", &[sa.clone(), sb.clone()]));
+    let admin = proxy.server().admin_addr().unwrap();
+    let r = request(admin, "POST", &format!("/api/servers/u/{sa}/drain"), None).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let servers = get(admin, "/api/servers", None).await;
+    let v: serde_json::Value = serde_json::from_slice(&servers.body).unwrap();
+    assert_eq!(v["upstreams"][0]["servers"][0]["state"], "DRAINING");
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(
+            RawWs::connect(proxy.addr, &upgrade_request("/app", &[]), &[])
+                .await
+                .0,
+        );
+        b.accept().await;
+    }
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(200), a.try_accept())
+            .await
+            .is_err(),
+        "the drained server got a connection"
+    );
+    // Back in rotation.
+    let r = request(admin, "POST", &format!("/api/servers/u/{sa}/enable"), None).await;
+    assert_eq!(r.status, 200);
+    let r = request(admin, "POST", "/api/servers/u/10.9.9.9:1/drain", None).await;
+    assert_eq!(r.status, 404);
+    // Every server draining: not ready.
+    for s in [&sa, &sb] {
+        request(admin, "POST", &format!("/api/servers/u/{s}/drain"), None).await;
+    }
+    let r = get(admin, "/readyz", None).await;
+    assert_eq!(r.status, 503);
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("upstream u"),
+        "{r:?}"
+    );
+}
+
+both_drivers!(
+    probes_and_metrics_move_with_traffic,
+    a_token_guards_the_api,
+    a_drained_server_gets_no_new_connections,
+);
