@@ -22,6 +22,17 @@ pub enum Control {
     /// Stop accepting, close every relayed connection with 1001, wait up to
     /// `timeouts.shutdown_grace` for them, and exit.
     Stop,
+    /// Drain, then stop: keep accepting for `delay` (balancers notice the
+    /// failing readiness probe), stop accepting, close the relayed
+    /// connections with 1001 "going away" spread evenly over `period` (in
+    /// a random order, at jittered times), then as [`Control::Stop`]. A
+    /// `Stop` sent meanwhile cuts the drain short.
+    Drain {
+        /// Accepting goes on this long.
+        delay: std::time::Duration,
+        /// The closes are spread over this long.
+        period: std::time::Duration,
+    },
 }
 
 /// Creates a worker's control channel.

@@ -202,8 +202,15 @@ fn main() -> ExitCode {
         }
     }
     let sig = server::wait_for_shutdown_signal(&server);
-    tracing::info!(signal = sig, "shutting down: closing connections with 1001");
-    server.shutdown();
+    if sig == libc::SIGTERM {
+        // A service manager or an orchestrator: drain, paced.
+        tracing::info!(signal = sig, "SIGTERM: draining");
+        server.drain_and_shutdown();
+    } else {
+        // Ctrl-C in a terminal: the same, without the pacing.
+        tracing::info!(signal = sig, "shutting down: closing connections with 1001");
+        server.shutdown();
+    }
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }

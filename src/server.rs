@@ -278,25 +278,51 @@ impl Server {
         })
     }
 
+    /// SIGTERM's shutdown: `/readyz` turns 503 at once; the listeners go on
+    /// accepting for `timeouts.drain_delay`, then close; the relayed
+    /// connections get 1001 "going away" spread evenly over
+    /// `timeouts.drain_period`; what is left then gets the
+    /// `timeouts.shutdown_grace` of [`Server::shutdown`].
+    pub fn drain_and_shutdown(self) {
+        let t = self.config.timeouts;
+        info!(
+            delay = ?t.drain_delay,
+            period = ?t.drain_period,
+            grace = ?t.shutdown_grace,
+            "draining: not ready from now; closing connections over the drain period"
+        );
+        self.finish(Control::Drain {
+            delay: t.drain_delay,
+            period: t.drain_period,
+        });
+    }
+
     /// Stops accepting, sends 1001 to every client and backend, waits up to
     /// the grace period for the close handshakes, and joins the workers.
-    pub fn shutdown(mut self) {
+    pub fn shutdown(self) {
+        self.finish(Control::Stop);
+    }
+
+    /// Tells every worker `msg`, waits for them to exit (the admin
+    /// endpoint answers meanwhile, `/readyz` with 503), then stops the
+    /// rest.
+    fn finish(mut self, msg: Control) {
         self.draining
             .store(true, std::sync::atomic::Ordering::Release);
-        drop(self.admin.take());
-        self.policy.stop();
-        if let Some(h) = self.health {
-            h.stop();
-        }
-        if let Some(mut r) = self.resolving {
-            r.stop();
-        }
         for c in &self.control {
             // Err: that worker has exited already; nothing to tell it.
-            let _ = c.send(Control::Stop);
+            let _ = c.send(msg.clone());
         }
-        for t in self.threads {
+        for t in std::mem::take(&mut self.threads) {
             let _ = t.join();
+        }
+        drop(self.admin.take());
+        self.policy.stop();
+        if let Some(h) = self.health.take() {
+            h.stop();
+        }
+        if let Some(mut r) = self.resolving.take() {
+            r.stop();
         }
     }
 

@@ -204,9 +204,15 @@ async fn worker_main(spec: WorkerSpec) {
         }
     }
     let mut accept_loops = Vec::new();
+    let stop_accepting_early = Rc::new(crate::relay::Shutdown::default());
     for (i, l) in spec.listeners.into_iter().enumerate() {
         match TcpListener::from_std(l) {
-            Ok(l) => accept_loops.push(monoio::spawn(accept_loop(Rc::clone(&ctx), l, i))),
+            Ok(l) => accept_loops.push(monoio::spawn(accept_loop(
+                Rc::clone(&ctx),
+                l,
+                i,
+                Rc::clone(&stop_accepting_early),
+            ))),
             Err(e) => error!(worker = ctx.id, "listener: {e}"),
         }
     }
@@ -216,6 +222,9 @@ async fn worker_main(spec: WorkerSpec) {
     // thread; an idle worker does nothing until then.
     let mut control = spec.control;
     match control.recv().await {
+        Some(Control::Drain { delay, period }) => {
+            drain(&ctx, &mut control, &stop_accepting_early, delay, period).await;
+        }
         Some(Control::Stop) | None => {}
     }
     // Stop accepting and close every relayed connection with 1001 (both
@@ -234,6 +243,66 @@ async fn worker_main(spec: WorkerSpec) {
         left = ctx.stats.active.get(),
         "worker stopped"
     );
+}
+
+/// The paced drain of [`Control::Drain`]: accept for `delay`, stop
+/// accepting, then close the relayed connections with 1001 "going away"
+/// one by one, in a random order, at jittered times spread evenly over
+/// `period` (connection *i* of *n* at `period × (i + u) / n`, `u` uniform
+/// in [0, 1)), so their clients do not all reconnect at once. Any message
+/// on the control channel (a `Stop`: SIGINT during a drain) cuts it short.
+async fn drain(
+    ctx: &Rc<WorkerCtx>,
+    control: &mut crate::control::ControlReceiver,
+    stop_accepting: &crate::relay::Shutdown,
+    delay: Duration,
+    period: Duration,
+) {
+    let paced = async {
+        monoio::time::sleep(delay).await;
+        stop_accepting.fire();
+        let mut slots: Vec<usize> = ctx
+            .relay
+            .shutdown
+            .tagged()
+            .into_iter()
+            .map(|(slot, _)| slot)
+            .collect();
+        let n = slots.len();
+        info!(worker = ctx.id, connections = n, period = ?period, "draining: closing connections with 1001, spread over the drain period");
+        let random = || u32::from_le_bytes(ctx.relay.keys.borrow_mut().next_key());
+        for i in (1..n).rev() {
+            slots.swap(i, random() as usize % (i + 1));
+        }
+        let start = monoio::time::Instant::now();
+        for (i, slot) in slots.into_iter().enumerate() {
+            let at = (i as f64 + f64::from(random()) / f64::from(u32::MAX)) / n as f64;
+            monoio::time::sleep_until(start + period.mul_f64(at)).await;
+            // Only a relay still there (its slot may have been freed).
+            if ctx.relay.shutdown.is_tagged(slot) {
+                ctx.relay.shutdown.request_close(
+                    slot,
+                    crate::relay::CloseRequest {
+                        why: crate::relay::Ending::Shutdown,
+                        code: crate::proto::close::CloseCode::GOING_AWAY,
+                        reason: "going away",
+                    },
+                );
+            }
+        }
+        // The close handshakes asked for: let them finish (up to the grace
+        // period) before what is left is closed as in a plain stop.
+        monoio::select! {
+            _ = ctx.drained() => {}
+            _ = monoio::time::sleep(ctx.config.timeouts.shutdown_grace) => {}
+        }
+    };
+    monoio::select! {
+        _ = paced => {}
+        _ = control.recv() => {
+            info!(worker = ctx.id, "drain cut short: stopping now");
+        }
+    }
 }
 
 /// Gives the pool's surplus back to the allocator: sleeps while the pool
@@ -256,7 +325,12 @@ async fn trim_pool(pool: Rc<Pool>) {
     }
 }
 
-async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener, index: usize) {
+async fn accept_loop(
+    ctx: Rc<WorkerCtx>,
+    listener: TcpListener,
+    index: usize,
+    stop: Rc<crate::relay::Shutdown>,
+) {
     use std::os::fd::AsRawFd;
     // A descriptor kept in reserve: when the process runs out, it is freed
     // to accept a waiting client and tell it 503, instead of leaving it in
@@ -268,6 +342,7 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener, index: usize) {
         let accepted = monoio::select! {
             r = listener.accept() => r,
             _ = ctx.relay.shutdown.fired() => return,
+            _ = stop.fired() => return,
         };
         match accepted {
             Ok((stream, peer)) => {

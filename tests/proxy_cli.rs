@@ -226,14 +226,17 @@ async fn config_file_runs(driver: IoDriver) {
 /// SIGTERM (and SIGINT): a connected client gets close 1001 and the
 /// process exits 0.
 async fn signal_stops_gracefully(driver: IoDriver, signal: &str) {
-    let mut p = ProxyProcess::spawn(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--workers",
-        "1",
-        "--io-driver",
-        driver_arg(driver),
-    ]);
+    // SIGTERM drains over `drain_period`: short here.
+    let path = scratch_file(
+        &format!("signal-{signal}-{driver:?}.toml"),
+        &format!(
+            "workers = 1\nio_driver = \"{}\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n\
+             [[upstream]]\nname = \"e\"\nservers = [\"builtin:echo\"]\n\
+             [[route]]\npath = \"/\"\nupstream = \"e\"\n[timeouts]\ndrain_period = \"500ms\"\n",
+            driver_arg(driver)
+        ),
+    );
+    let mut p = ProxyProcess::spawn(&["--config", path.to_str().unwrap()]);
     let addr = p.wait_listening();
     let mut ws = echo_through(addr).await;
     let started = Instant::now();
@@ -263,9 +266,82 @@ async fn sigint_exits_0(driver: IoDriver) {
     signal_stops_gracefully(driver, "INT").await;
 }
 
+/// SIGTERM: `/readyz` turns 503 at once, and 20 connections get their
+/// 1001 spread over the 2 s drain period, not all at once.
+async fn sigterm_drains_at_a_pace(driver: IoDriver) {
+    let path = scratch_file(
+        &format!("drain-{driver:?}.toml"),
+        &format!(
+            "workers = 1\nio_driver = \"{}\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+             [[listener]]\naddress = \"127.0.0.1:0\"\n\
+             [[upstream]]\nname = \"e\"\nservers = [\"builtin:echo\"]\n\
+             [[route]]\npath = \"/\"\nupstream = \"e\"\n[timeouts]\ndrain_period = \"2s\"\n",
+            driver_arg(driver)
+        ),
+    );
+    let mut p = ProxyProcess::spawn(&["--config", path.to_str().unwrap()]);
+    let addr = p.wait_listening();
+    let line = p.wait_for_line("admin endpoint", Duration::from_secs(5));
+    let admin: std::net::SocketAddr = line
+        .split("addr=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no admin address in {line:?}"));
+    let ready = |admin| async move {
+        http_exchange(admin, b"GET /readyz HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .status
+    };
+    assert_eq!(ready(admin).await, 200);
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        clients.push(echo_through(addr).await);
+    }
+    let started = Instant::now();
+    p.signal("TERM");
+    let mut closes = Vec::new();
+    let waits = clients.into_iter().map(|mut ws| async move {
+        let reason = expect_close_code(&mut ws, 1001, "client").await;
+        let _ = ws.flush().await;
+        (Instant::now(), reason)
+    });
+    let not_ready = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        ready(admin).await
+    };
+    let (done, status) = tokio::join!(
+        within_for(
+            Duration::from_secs(10),
+            "every 1001",
+            futures_util::future::join_all(waits)
+        ),
+        not_ready
+    );
+    assert_eq!(status, 503, "readyz during the drain");
+    for (at, reason) in done {
+        assert_eq!(reason, "going away");
+        closes.push(at.duration_since(started));
+    }
+    closes.sort();
+    let (first, last) = (closes[0], closes[closes.len() - 1]);
+    eprintln!("closes from {first:?} to {last:?}");
+    assert!(
+        last - first >= Duration::from_millis(1000),
+        "spread: {first:?}..{last:?}"
+    );
+    assert!(
+        last <= Duration::from_millis(4000),
+        "within the period: {last:?}"
+    );
+    let status = tokio::task::block_in_place(|| p.wait_exit(Duration::from_secs(10)));
+    assert_eq!(status.code(), Some(0));
+}
+
 both_drivers!(
     default_config_echoes,
     config_file_runs,
     sigterm_exits_0,
-    sigint_exits_0
+    sigint_exits_0,
+    sigterm_drains_at_a_pace
 );

@@ -172,8 +172,14 @@ pub struct Timeouts {
     pub close: Duration,
     /// Closing a connection with no traffic either way (0 = never).
     pub idle: Duration,
-    /// On SIGINT/SIGTERM, how long to wait for close handshakes.
+    /// On SIGINT/SIGTERM, how long to wait for close handshakes (after
+    /// the drain period).
     pub shutdown_grace: Duration,
+    /// On SIGTERM, how long listeners go on accepting after `/readyz`
+    /// turns 503 (for balancers to notice).
+    pub drain_delay: Duration,
+    /// On SIGTERM, the closes (1001) are spread evenly over this long.
+    pub drain_period: Duration,
 }
 
 /// Limits.
@@ -578,6 +584,8 @@ struct FileTimeouts {
     close: Secs,
     idle: Secs,
     shutdown_grace: Secs,
+    drain_delay: Secs,
+    drain_period: Secs,
 }
 
 impl Default for FileTimeouts {
@@ -588,6 +596,8 @@ impl Default for FileTimeouts {
             close: Secs(Duration::from_secs(5)),
             idle: Secs(Duration::ZERO),
             shutdown_grace: Secs(Duration::from_secs(10)),
+            drain_delay: Secs(Duration::ZERO),
+            drain_period: Secs(Duration::from_secs(30)),
         }
     }
 }
@@ -1013,6 +1023,8 @@ impl Config {
             close: t.close.0,
             idle: t.idle.0,
             shutdown_grace: t.shutdown_grace.0,
+            drain_delay: t.drain_delay.0,
+            drain_period: t.drain_period.0,
         };
         for (name, d, zero_ok) in [
             ("connect", timeouts.connect, false),
@@ -1020,6 +1032,8 @@ impl Config {
             ("close", timeouts.close, false),
             ("idle", timeouts.idle, true),
             ("shutdown_grace", timeouts.shutdown_grace, true),
+            ("drain_delay", timeouts.drain_delay, true),
+            ("drain_period", timeouts.drain_period, true),
         ] {
             if d.is_zero() && !zero_ok {
                 return Err(err(

@@ -279,6 +279,11 @@ impl Shutdown {
         tags[slot] = Some(tag);
     }
 
+    /// Whether a relay with a tag holds `slot` now.
+    pub fn is_tagged(&self, slot: usize) -> bool {
+        self.tags.borrow().get(slot).is_some_and(Option::is_some)
+    }
+
     /// The registered relays with a tag: `(slot, tag)`.
     pub fn tagged(&self) -> Vec<(usize, Tag)> {
         self.tags
