@@ -15,8 +15,38 @@ use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
-/// What a worker can be told.
+/// One live connection as the admin API lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnRow {
+    /// `WORKER-SLOT-SERIAL`: what `POST /api/connections/{id}/close` takes.
+    pub id: String,
+    /// The client's address (as believed: PROXY header, trusted proxy).
+    pub client: std::net::SocketAddr,
+    /// Its route's conditions.
+    pub route: String,
+    /// Its upstream's name.
+    pub upstream: String,
+    /// Its server.
+    pub server: String,
+    /// JWT `sub` or API key name.
+    pub identity: Option<String>,
+    /// Since the upgrade.
+    pub age_ms: u64,
+    /// Bytes read from the client.
+    pub from_client: u64,
+    /// Bytes read from the backend.
+    pub from_backend: u64,
+    /// Data messages the client sent.
+    pub messages_from_client: u64,
+    /// Data messages the backend sent.
+    pub messages_from_backend: u64,
+}
+
+/// A reply channel for an operator request.
+pub type Reply<T> = std::sync::mpsc::Sender<T>;
+
+/// What a worker can be told.
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Control {
     /// Stop accepting, close every relayed connection with 1001, wait up to
@@ -32,6 +62,22 @@ pub enum Control {
         delay: std::time::Duration,
         /// The closes are spread over this long.
         period: std::time::Duration,
+    },
+    /// Report every relayed connection.
+    Connections(Reply<Vec<ConnRow>>),
+    /// Close the connection in registry `slot` if its serial is `serial`,
+    /// with `code` and `reason` on both legs; replies whether it was there.
+    Close {
+        /// Its slot in the worker's registry.
+        slot: usize,
+        /// Its serial (a slot is reused by later connections).
+        serial: u64,
+        /// The close code.
+        code: u16,
+        /// The close reason.
+        reason: &'static str,
+        /// Whether it was found.
+        reply: Reply<bool>,
     },
 }
 

@@ -251,6 +251,7 @@ impl Server {
                         stats: stats.clone(),
                         fleet: Arc::clone(&fleet),
                         draining: Arc::clone(&draining),
+                        control: senders.clone(),
                     },
                 )
                 .map_err(|source| StartError::Bind {

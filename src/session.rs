@@ -348,6 +348,8 @@ struct Info {
     route: usize,
     /// The client's TLS version, if any.
     tls: Option<&'static str>,
+    /// The last report epoch it answered.
+    reported: u64,
 }
 
 impl std::fmt::Debug for Session {
@@ -402,6 +404,11 @@ impl Future for Session {
                         );
                         info.tagged = true;
                     }
+                    let epoch = this.ctx.relay.shutdown.report_epoch();
+                    if info.reported != epoch {
+                        info.reported = epoch;
+                        report(&this.ctx, relay, info);
+                    }
                     let outcome = ready!(polled);
                     closed(&this.ctx, info, &outcome);
                     this.state = State::Done;
@@ -418,6 +425,32 @@ impl Drop for Session {
         self.ctx.stats.active.sub(1);
         self.ctx.session_ended();
     }
+}
+
+/// Writes this connection's row for the admin API's list.
+fn report(ctx: &WorkerCtx, relay: &Relayed, info: &Info) {
+    let Some(slot) = relay.registry_slot() else {
+        return;
+    };
+    let (client, backend) = relay.counters();
+    let route = &ctx.config.routes[info.route];
+    ctx.reports.borrow_mut().push(crate::control::ConnRow {
+        id: format!("{}-{slot}-{}", ctx.id, info.since_ms),
+        client: info.peer,
+        route: route.label.clone(),
+        upstream: ctx.config.upstreams[info.upstream].name.clone(),
+        server: info.server.to_string(),
+        identity: info
+            .held
+            .as_ref()
+            .and_then(|h| h.identity_name.as_deref())
+            .map(str::to_string),
+        age_ms: fleet::now_ms().saturating_sub(info.since_ms),
+        from_client: client.bytes,
+        from_backend: backend.bytes,
+        messages_from_client: client.messages,
+        messages_from_backend: backend.messages,
+    });
 }
 
 /// Counts and logs a relayed connection that ended.
@@ -647,6 +680,7 @@ async fn start(
             tagged: false,
             held: (!held.is_empty()).then(|| Box::new(held)),
             route: up.route,
+            reported: ctx.relay.shutdown.report_epoch(),
             tls: tls_info.as_ref().map(|t| match t.version {
                 Some(tls::record::Version::Tls13) => "TLSv1.3",
                 Some(tls::record::Version::Tls12) => "TLSv1.2",

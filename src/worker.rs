@@ -57,6 +57,8 @@ pub struct WorkerCtx {
     pub policy: crate::policy::state::WorkerPolicy,
     /// The shutdown wait, woken when the last connection ends.
     drained: RefCell<Option<Waker>>,
+    /// Rows written by sessions for the admin API's connection list.
+    pub reports: RefCell<Vec<crate::control::ConnRow>>,
 }
 
 impl WorkerCtx {
@@ -190,6 +192,7 @@ async fn worker_main(spec: WorkerSpec) {
         policy: crate::policy::state::WorkerPolicy::new(&config),
         shared_policy: spec.policy,
         drained: RefCell::new(None),
+        reports: RefCell::new(Vec::new()),
         config,
     });
     monoio::spawn(trim_pool(Rc::clone(&ctx.relay.pool)));
@@ -221,11 +224,11 @@ async fn worker_main(spec: WorkerSpec) {
     // sender) is gone. The control channel wakes this task from the sending
     // thread; an idle worker does nothing until then.
     let mut control = spec.control;
-    match control.recv().await {
+    match operate(&ctx, &mut control).await {
         Some(Control::Drain { delay, period }) => {
             drain(&ctx, &mut control, &stop_accepting_early, delay, period).await;
         }
-        Some(Control::Stop) | None => {}
+        _ => {}
     }
     // Stop accepting and close every relayed connection with 1001 (both
     // wait on the worker's shutdown flag), then give them the grace period,
@@ -243,6 +246,61 @@ async fn worker_main(spec: WorkerSpec) {
         left = ctx.stats.active.get(),
         "worker stopped"
     );
+}
+
+/// Answers operator requests (the connection list, closes) until a stop
+/// comes (or every sender is gone): returns it.
+async fn operate(
+    ctx: &Rc<WorkerCtx>,
+    control: &mut crate::control::ControlReceiver,
+) -> Option<Control> {
+    loop {
+        match control.recv().await {
+            Some(Control::Connections(reply)) => {
+                let _ = reply.send(connections(ctx).await);
+            }
+            Some(Control::Close {
+                slot,
+                serial,
+                code,
+                reason,
+                reply,
+            }) => {
+                let shutdown = &ctx.relay.shutdown;
+                let found = shutdown
+                    .tagged()
+                    .into_iter()
+                    .any(|(s, t)| s == slot && t.since_ms == serial);
+                if found {
+                    shutdown.request_close(
+                        slot,
+                        crate::relay::CloseRequest {
+                            why: crate::relay::Ending::ByOperator,
+                            code: crate::proto::close::CloseCode(code),
+                            reason,
+                        },
+                    );
+                    info!(
+                        worker = ctx.id,
+                        slot, code, reason, "closing a connection for the admin API"
+                    );
+                }
+                let _ = reply.send(found);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Every relayed connection's row: each session writes its own when it
+/// sees the report epoch change (no connection state is kept for this
+/// meanwhile); the rows of the sessions woken are in after a moment.
+async fn connections(ctx: &WorkerCtx) -> Vec<crate::control::ConnRow> {
+    ctx.reports.borrow_mut().clear();
+    ctx.relay.shutdown.request_reports();
+    // The woken sessions run before this timer fires.
+    monoio::time::sleep(Duration::from_millis(2)).await;
+    std::mem::take(&mut *ctx.reports.borrow_mut())
 }
 
 /// The paced drain of [`Control::Drain`]: accept for `delay`, stop
@@ -299,7 +357,7 @@ async fn drain(
     };
     monoio::select! {
         _ = paced => {}
-        _ = control.recv() => {
+        _ = operate(ctx, control) => {
             info!(worker = ctx.id, "drain cut short: stopping now");
         }
     }

@@ -213,7 +213,95 @@ async fn a_drained_server_gets_no_new_connections(driver: IoDriver) {
     );
 }
 
+async fn connections_are_listed_and_closed(driver: IoDriver) {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let backend = echo_backend().await.to_string();
+    let proxy = Proxy::start_config(driver, config("", std::slice::from_ref(&backend)));
+    let admin = proxy.server().admin_addr().unwrap();
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let mut ws = connect(&proxy.url("/app")).await;
+        for _ in 0..=i {
+            ws.send(Message::Text("hello".into())).await.unwrap();
+            next_data(&mut ws).await;
+        }
+        clients.push(ws);
+    }
+    let r = get(admin, "/api/connections", None).await;
+    assert_eq!(r.status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["total"], 3, "{v}");
+    let rows = v["connections"].as_array().unwrap();
+    let mut messages: Vec<u64> = rows
+        .iter()
+        .map(|c| c["messages_from_client"].as_u64().unwrap())
+        .collect();
+    messages.sort();
+    assert_eq!(messages, [1, 2, 3]);
+    for c in rows {
+        assert_eq!(c["server"], backend.as_str());
+        assert_eq!(c["upstream"], "u");
+        assert!(c["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+        assert!(c["bytes_from_client"].as_u64().unwrap() > 0);
+    }
+    // The oldest first; limit and filters.
+    let one = get(admin, "/api/connections?limit=1", None).await;
+    let one: serde_json::Value = serde_json::from_slice(&one.body).unwrap();
+    assert_eq!(one["connections"].as_array().unwrap().len(), 1);
+    assert_eq!(one["connections"][0]["messages_from_client"], 1);
+    let none = get(admin, "/api/connections?client=10.9.9.9", None).await;
+    let none: serde_json::Value = serde_json::from_slice(&none.body).unwrap();
+    assert_eq!(none["total"], 0);
+
+    // Close the oldest with a code and reason of our choosing.
+    let id = one["connections"][0]["id"].as_str().unwrap().to_string();
+    let body = r#"{"code": 4000, "reason": "maintenance"}"#;
+    let req = format!(
+        "POST /api/connections/{id}/close HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let r = http_exchange(admin, req.as_bytes()).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let reason = expect_close_code(&mut clients[0], 4000, "the oldest client").await;
+    assert_eq!(reason, "maintenance");
+    // Gone once its close handshake is over: then closing it again is a
+    // 404. The default code is 1008.
+    drop(clients.remove(0));
+    let list = within("the closed connection to leave the list", async {
+        loop {
+            let r = get(admin, "/api/connections", None).await;
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            if v["total"] == 2 {
+                return v;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let again = request(admin, "POST", &format!("/api/connections/{id}/close"), None).await;
+    assert_eq!(again.status, 404);
+    let next = list["connections"][0]["id"].as_str().unwrap().to_string();
+    let r = request(
+        admin,
+        "POST",
+        &format!("/api/connections/{next}/close"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let reason = expect_close_code(&mut clients[0], 1008, "the next client").await;
+    assert_eq!(reason, "closed by operator");
+    assert_eq!(
+        request(admin, "POST", "/api/connections/garbage/close", None)
+            .await
+            .status,
+        400
+    );
+}
+
 both_drivers!(
+    connections_are_listed_and_closed,
     probes_and_metrics_move_with_traffic,
     a_token_guards_the_api,
     a_drained_server_gets_no_new_connections,

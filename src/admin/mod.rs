@@ -5,6 +5,7 @@
 //! workers' counters and the servers' shared slots (plain atomic loads),
 //! never through a lock the relay takes.
 
+mod connections;
 mod http;
 mod metrics;
 
@@ -46,6 +47,9 @@ pub struct AdminView {
     pub fleet: Arc<Fleet>,
     /// Set when the server starts draining (SIGTERM): `/readyz` says 503.
     pub draining: Arc<AtomicBool>,
+    /// Each worker's control channel (the connection list and closes fan
+    /// out over them).
+    pub control: Vec<crate::control::ControlSender>,
 }
 
 /// A running admin listener; stops (and joins its thread) when dropped.
@@ -203,6 +207,8 @@ fn route(view: &AdminView, auth: &Auth, req: &Request) -> Response {
         },
         ("GET", ["api", "config"]) => Response::json(200, &config_json(&view.config)),
         ("GET", ["api", "servers"]) => Response::json(200, &servers_json(view)),
+        ("GET", ["api", "connections"]) => connections::list(view, req),
+        ("POST", ["api", "connections", id, "close"]) => connections::close(view, req, id),
         (
             "POST",
             [
@@ -216,7 +222,8 @@ fn route(view: &AdminView, auth: &Auth, req: &Request) -> Response {
         (
             _,
             ["metrics"]
-            | ["api", "config" | "servers"]
+            | ["api", "config" | "servers" | "connections"]
+            | ["api", "connections", _, "close"]
             | ["api", "servers", _, _, "drain" | "enable"],
         ) => Response::json(
             405,

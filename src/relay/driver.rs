@@ -71,6 +71,14 @@ impl<C, B> Relay<C, B> {
         self.core.set_policy(policy);
     }
 
+    /// What each side has sent so far: (client, backend).
+    pub fn counters(&self) -> (super::core::DirStats, super::core::DirStats) {
+        (
+            self.core.stats(super::Leg::Client),
+            self.core.stats(super::Leg::Backend),
+        )
+    }
+
     /// Its slot in the worker's registry, once it has been polled.
     pub fn registry_slot(&self) -> Option<usize> {
         self.shutdown_slot

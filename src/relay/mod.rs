@@ -164,6 +164,8 @@ pub struct Shutdown {
     requests: RefCell<Vec<Option<CloseRequest>>>,
     /// Some request is waiting: relays look only when this is set.
     requested: Cell<bool>,
+    /// Bumped when the admin API wants every connection's figures.
+    report_epoch: Cell<u64>,
 }
 
 /// What a registered relay belongs to, for choosing which to close.
@@ -277,6 +279,24 @@ impl Shutdown {
             tags.resize(slot + 1, None);
         }
         tags[slot] = Some(tag);
+    }
+
+    /// Asks every registered relay's task to report (its session writes a
+    /// row when it sees the epoch change); returns the new epoch.
+    pub fn request_reports(&self) -> u64 {
+        let epoch = self.report_epoch.get() + 1;
+        self.report_epoch.set(epoch);
+        let wakers: Vec<Waker> = self.wakers.borrow().iter().flatten().cloned().collect();
+        for w in wakers {
+            w.wake();
+        }
+        epoch
+    }
+
+    /// The epoch of the latest [`Shutdown::request_reports`].
+    #[inline]
+    pub fn report_epoch(&self) -> u64 {
+        self.report_epoch.get()
     }
 
     /// Whether a relay with a tag holds `slot` now.
