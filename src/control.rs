@@ -238,16 +238,22 @@ mod tests {
         let (tx, mut rx) = channel();
         let (wakes, waker) = counting_waker();
         let mut cx = Context::from_waker(&waker);
-        assert_eq!(rx.poll_recv(&mut cx), Poll::Pending);
-        assert_eq!(rx.poll_recv(&mut cx), Poll::Pending);
+        assert!(rx.poll_recv(&mut cx).is_pending());
+        assert!(rx.poll_recv(&mut cx).is_pending());
         tx.send(Control::Stop).unwrap();
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
         // A second message while nobody waits wakes nothing more.
         tx.send(Control::Stop).unwrap();
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
-        assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(Some(Control::Stop)));
-        assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(Some(Control::Stop)));
-        assert_eq!(rx.poll_recv(&mut cx), Poll::Pending);
+        assert!(matches!(
+            rx.poll_recv(&mut cx),
+            Poll::Ready(Some(Control::Stop))
+        ));
+        assert!(matches!(
+            rx.poll_recv(&mut cx),
+            Poll::Ready(Some(Control::Stop))
+        ));
+        assert!(rx.poll_recv(&mut cx).is_pending());
     }
 
     #[test]
@@ -256,21 +262,24 @@ mod tests {
         let tx2 = tx.clone();
         let (wakes, waker) = counting_waker();
         let mut cx = Context::from_waker(&waker);
-        assert_eq!(rx.poll_recv(&mut cx), Poll::Pending);
+        assert!(rx.poll_recv(&mut cx).is_pending());
         tx2.send(Control::Stop).unwrap();
         drop(tx);
         drop(tx2);
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
         // What was sent still arrives first.
-        assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(Some(Control::Stop)));
-        assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(None));
+        assert!(matches!(
+            rx.poll_recv(&mut cx),
+            Poll::Ready(Some(Control::Stop))
+        ));
+        assert!(matches!(rx.poll_recv(&mut cx), Poll::Ready(None)));
     }
 
     #[test]
     fn send_to_a_gone_worker_gives_the_message_back() {
         let (tx, rx) = channel();
         drop(rx);
-        assert_eq!(tx.send(Control::Stop), Err(Control::Stop));
+        assert!(matches!(tx.send(Control::Stop), Err(Control::Stop)));
     }
 
     /// The wake-up crosses threads on a real runtime, with nothing else to
@@ -299,7 +308,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         let sent = Instant::now();
         tx.send(Control::Stop).unwrap();
-        assert_eq!(worker.join().unwrap(), Some(Control::Stop));
+        assert!(matches!(worker.join().unwrap(), Some(Control::Stop)));
         assert!(sent.elapsed() < Duration::from_secs(5));
     }
 

@@ -224,11 +224,8 @@ async fn worker_main(spec: WorkerSpec) {
     // sender) is gone. The control channel wakes this task from the sending
     // thread; an idle worker does nothing until then.
     let mut control = spec.control;
-    match operate(&ctx, &mut control).await {
-        Some(Control::Drain { delay, period }) => {
-            drain(&ctx, &mut control, &stop_accepting_early, delay, period).await;
-        }
-        _ => {}
+    if let Some(Control::Drain { delay, period }) = operate(&ctx, &mut control).await {
+        drain(&ctx, &mut control, &stop_accepting_early, delay, period).await;
     }
     // Stop accepting and close every relayed connection with 1001 (both
     // wait on the worker's shutdown flag), then give them the grace period,

@@ -26,7 +26,7 @@ pub fn list(view: &AdminView, req: &Request) -> Response {
     rows.retain(|r| {
         keep(&r.route, route) && keep(&r.server, server) && keep(&r.client.to_string(), client)
     });
-    rows.sort_by(|a, b| b.age_ms.cmp(&a.age_ms));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.age_ms));
     let total = rows.len();
     let limit = req
         .query("limit")
