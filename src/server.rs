@@ -199,7 +199,7 @@ impl Server {
             let (tx, rx) = std::sync::mpsc::channel();
             let (sender, receiver) = control::channel();
             senders.push(sender);
-            let s = Arc::new(Stats::default());
+            let s = Arc::new(Stats::new(config.routes.len(), config.upstreams.len()));
             stats.push(Arc::clone(&s));
             let spec = WorkerSpec {
                 id,

@@ -411,6 +411,7 @@ impl Future for Session {
                     }
                     let outcome = ready!(polled);
                     closed(&this.ctx, info, &outcome);
+                    ws_counts(&this.ctx, relay, info, &outcome);
                     this.state = State::Done;
                     return Poll::Ready(());
                 }
@@ -451,6 +452,46 @@ fn report(ctx: &WorkerCtx, relay: &Relayed, info: &Info) {
         messages_from_client: client.messages,
         messages_from_backend: backend.messages,
     });
+}
+
+/// A retried backend attempt, counted on its upstream.
+fn count_retry(ctx: &WorkerCtx, upstream: usize) {
+    if let Some(c) = ctx.stats.ws.retries.get(upstream) {
+        c.inc();
+    }
+}
+
+/// The WebSocket-level counters of a relayed connection that ended: its
+/// route's messages, frames by opcode and bytes each way; who began the
+/// close and with which code; the protocol error's kind; the last ping
+/// round trip of each leg. Counted once per connection, off the data path.
+fn ws_counts(ctx: &WorkerCtx, relay: &Relayed, info: &Info, outcome: &Outcome) {
+    use crate::relay::Leg;
+    use crate::stats::close_code_bucket;
+    let ws = &ctx.stats.ws;
+    ws.endings[outcome.ending.label_index()].inc();
+    if let Some(r) = ws.routes.get(info.route) {
+        r.ended.inc();
+        for (i, d) in [&outcome.client, &outcome.backend].into_iter().enumerate() {
+            r.messages[i].add(d.messages);
+            r.bytes[i].add(d.bytes);
+            for (k, n) in d.frames.0.iter().enumerate() {
+                r.frames[i][k].add(u64::from(*n));
+            }
+        }
+    }
+    match outcome.ending {
+        Ending::Closed { by, code } => {
+            ws.closes[by as usize][close_code_bucket(code.unwrap_or(1005))].inc();
+        }
+        Ending::ProtocolError(leg, e) => ws.protocol_errors[leg as usize][e.index()].inc(),
+        _ => {}
+    }
+    for leg in [Leg::Client, Leg::Backend] {
+        if let Some(rtt) = relay.ping_rtt(leg) {
+            ws.ping_rtt_seconds[leg as usize].observe(rtt);
+        }
+    }
 }
 
 /// Counts and logs a relayed connection that ended.
@@ -627,6 +668,8 @@ async fn start(
             } else {
                 ctx.stats.tls_full.inc();
             }
+            let v = usize::from(done.info.version == Some(tls::record::Version::Tls13));
+            ctx.stats.ws.tls_versions[v].inc();
             debug!(worker = ctx.id, client = %peer, version = ?done.info.version, resumed = done.info.resumed, "TLS established");
             let stream = TlsStream::new(tcp, done.conn, &done.leftover, Rc::clone(&ctx.relay.pool));
             (Stream::Tls(Box::new(stream)), done.early, Some(done.info))
@@ -939,6 +982,8 @@ async fn handshake(
         }
     };
 
+    // The handshake's duration counts from here (request complete) to the 101.
+    let requested = Instant::now();
     // Who the client is: the peer, or whom a trusted proxy names (then
     // counted per IP now, by that address).
     let who = client_addr(peer.ip(), &cfg.trusted_proxies, req.headers());
@@ -1072,42 +1117,48 @@ async fn handshake(
                 ProxyVersion::V2 => proxy_protocol::encode_v2(client_sock, dst),
             }
         });
-        let mut backend =
-            match connect_one(ctx, up_index, &spec.host, server, proxy_header.as_deref()).await {
-                Ok(b) => b,
-                Err(error) if error.cause == Cause::OutOfFds => {
-                    // Not the server's fault: no ejection, no retry.
-                    drop(pending);
-                    fleet::Attempt::new(fleet_up, &slot).ok();
-                    return Err(error.into());
+        let connecting = Instant::now();
+        let connected =
+            connect_one(ctx, up_index, &spec.host, server, proxy_header.as_deref()).await;
+        ctx.stats.ws.connect_seconds.observe(connecting.elapsed());
+        let mut backend = match connected {
+            Ok(b) => b,
+            Err(error) if error.cause == Cause::OutOfFds => {
+                // Not the server's fault: no ejection, no retry.
+                drop(pending);
+                fleet::Attempt::new(fleet_up, &slot).ok();
+                return Err(error.into());
+            }
+            Err(error) => {
+                drop(pending);
+                drop(fleet::Attempt::new(fleet_up, &slot));
+                warn!(worker = ctx.id, backend = %server, "{error}");
+                // A backend whose certificate fails is not retried on the
+                // next server: the client hears why (502), the log says it.
+                let fatal = matches!(error.cause, Cause::Tls(_));
+                // A timeout is kept over later refusals: the client is told 504.
+                if !matches!(&last, Some(f) if f.cause == Cause::TimedOut) {
+                    last = Some(error);
                 }
-                Err(error) => {
-                    drop(pending);
-                    drop(fleet::Attempt::new(fleet_up, &slot));
-                    warn!(worker = ctx.id, backend = %server, "{error}");
-                    // A backend whose certificate fails is not retried on the
-                    // next server: the client hears why (502), the log says it.
-                    let fatal = matches!(error.cause, Cause::Tls(_));
-                    // A timeout is kept over later refusals: the client is told 504.
-                    if !matches!(&last, Some(f) if f.cause == Cause::TimedOut) {
-                        last = Some(error);
+                match (!fatal)
+                    .then(|| may_retry(up_cfg, up_index, retried))
+                    .flatten()
+                {
+                    Some(wait) => {
+                        retried += 1;
+                        count_retry(ctx, up_index);
+                        count_retry(ctx, up_index);
+                        count_retry(ctx, up_index);
+                        backoff(wait).await;
+                        continue;
                     }
-                    match (!fatal)
-                        .then(|| may_retry(up_cfg, up_index, retried))
-                        .flatten()
-                    {
-                        Some(wait) => {
-                            retried += 1;
-                            backoff(wait).await;
-                            continue;
-                        }
-                        None => {
-                            ctx.stats.backend_failures.inc();
-                            return Err(last.expect("set above").into());
-                        }
+                    None => {
+                        ctx.stats.backend_failures.inc();
+                        return Err(last.expect("set above").into());
                     }
                 }
-            };
+            }
+        };
         // Passive health: the attempt counts as a failure unless the
         // backend gives an answer below 500.
         let mut attempt = fleet::Attempt::new(fleet_up, &slot);
@@ -1154,6 +1205,8 @@ async fn handshake(
                     warn!(worker = ctx.id, backend = %server, status, "answered {status} to the upgrade: retrying on another server");
                     drop((attempt, pending, backend));
                     retried += 1;
+                    count_retry(ctx, up_index);
+                    count_retry(ctx, up_index);
                     backoff(wait).await;
                     continue;
                 }
@@ -1171,6 +1224,7 @@ async fn handshake(
         {
             Some(wait) => {
                 retried += 1;
+                count_retry(ctx, up_index);
                 backoff(wait).await;
             }
             None => {
@@ -1206,6 +1260,10 @@ async fn handshake(
         .await
         .map_err(|cause| HandshakeError::client(Step::WritingSwitch, cause))?;
     ctx.stats.upgraded.inc();
+    ctx.stats.ws.handshake_seconds.observe(requested.elapsed());
+    if let Some(r) = ctx.stats.ws.routes.get(route_index) {
+        r.upgraded.inc();
+    }
     debug!(worker = ctx.id, client = %who.ip, path = %path, backend = %server, protocol = ?protocol, "upgraded");
 
     // 6. Hand over, with the bytes that came after the heads.

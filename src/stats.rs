@@ -75,6 +75,18 @@ pub struct Stats {
     pub refused_by: [Counter; crate::policy::refusal::Reason::ALL.len()],
     /// The worker thread's id (for its CPU time in `/proc`); 0 until it runs.
     pub tid: std::sync::atomic::AtomicU32,
+    /// WebSocket-level counters and histograms.
+    pub ws: WsStats,
+}
+
+impl Stats {
+    /// A worker's counters for `routes` routes and `upstreams` upstreams.
+    pub fn new(routes: usize, upstreams: usize) -> Stats {
+        Stats {
+            ws: WsStats::new(routes, upstreams),
+            ..Stats::default()
+        }
+    }
 }
 
 impl Stats {
@@ -119,4 +131,111 @@ pub fn sum(workers: &[std::sync::Arc<Stats>]) -> Vec<(&'static str, u64)> {
         out.push((reason.label(), n));
     }
     out
+}
+
+/// Upper bounds (seconds) of the histogram buckets (+Inf implied).
+pub const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A latency histogram written by one worker: cumulative buckets are
+/// computed by the reader.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations per bucket (the last: above every bound).
+    pub buckets: [Counter; BUCKETS.len() + 1],
+    /// Sum of the observations, µs.
+    pub sum_us: Counter,
+}
+
+impl Histogram {
+    /// Records one observation. Only the owning worker may call this.
+    pub fn observe(&self, d: std::time::Duration) {
+        let s = d.as_secs_f64();
+        let i = BUCKETS
+            .iter()
+            .position(|&b| s <= b)
+            .unwrap_or(BUCKETS.len());
+        self.buckets[i].inc();
+        self.sum_us
+            .add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    }
+}
+
+/// The close codes counted one by one; others fall in `4xxx` or `other`.
+pub const CLOSE_CODES: [u16; 14] = [
+    1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014,
+];
+
+/// The label of a close code's bucket.
+pub fn close_code_label(i: usize) -> &'static str {
+    const LABELS: [&str; CLOSE_CODES.len() + 2] = [
+        "1000", "1001", "1002", "1003", "1005", "1006", "1007", "1008", "1009", "1010", "1011",
+        "1012", "1013", "1014", "4xxx", "other",
+    ];
+    LABELS[i.min(LABELS.len() - 1)]
+}
+
+/// The bucket of a close code.
+pub fn close_code_bucket(code: u16) -> usize {
+    match CLOSE_CODES.iter().position(|&c| c == code) {
+        Some(i) => i,
+        None if (4000..=4999).contains(&code) => CLOSE_CODES.len(),
+        None => CLOSE_CODES.len() + 1,
+    }
+}
+
+/// Frames by opcode, in [`crate::relay::walk::FrameCounts`] order.
+pub const OPCODES: [&str; 6] = ["continuation", "text", "binary", "close", "ping", "pong"];
+
+/// What one route's connections did (counted when each ends).
+#[derive(Debug, Default)]
+pub struct RouteStats {
+    /// Handshakes that got a 101.
+    pub upgraded: Counter,
+    /// Relayed connections that ended.
+    pub ended: Counter,
+    /// Data messages, by the leg that sent them (0: client, 1: backend).
+    pub messages: [Counter; 2],
+    /// Frames by sending leg and opcode ([`OPCODES`]).
+    pub frames: [[Counter; 6]; 2],
+    /// Bytes by sending leg.
+    pub bytes: [Counter; 2],
+}
+
+/// The WebSocket-level counters of a worker (routes sized at start).
+#[derive(Debug, Default)]
+pub struct WsStats {
+    /// By route index.
+    pub routes: Box<[RouteStats]>,
+    /// Retried backend attempts, by upstream index.
+    pub retries: Box<[Counter]>,
+    /// Close frames that began a close handshake, by who began it (0:
+    /// client, 1: backend) and code bucket ([`close_code_bucket`]).
+    pub closes: [[Counter; CLOSE_CODES.len() + 2]; 2],
+    /// Connections ended by a protocol error, by leg at fault and kind
+    /// ([`crate::proto::error::ProtocolError::index`]).
+    pub protocol_errors: [[Counter; crate::proto::error::ProtocolError::KINDS]; 2],
+    /// Connections ended, by [`crate::relay::Ending::label`] index.
+    pub endings: [Counter; crate::relay::Ending::LABELS.len()],
+    /// Client request head complete → 101 written.
+    pub handshake_seconds: Histogram,
+    /// Backend TCP connect (and TLS, when the upstream has it).
+    pub connect_seconds: Histogram,
+    /// The last keepalive ping round trip of each ended connection, by
+    /// leg (0: client, 1: backend); only legs that were pinged.
+    pub ping_rtt_seconds: [Histogram; 2],
+    /// Client TLS handshakes by version (0: 1.2, 1: 1.3).
+    pub tls_versions: [Counter; 2],
+}
+
+impl WsStats {
+    /// Sized for `routes` routes and `upstreams` upstreams.
+    pub fn new(routes: usize, upstreams: usize) -> WsStats {
+        WsStats {
+            routes: (0..routes).map(|_| RouteStats::default()).collect(),
+            retries: (0..upstreams).map(|_| Counter::default()).collect(),
+            ..WsStats::default()
+        }
+    }
 }

@@ -94,6 +94,70 @@ async fn probes_and_metrics_move_with_traffic(driver: IoDriver) {
     assert!(sample(&text, "wsedge_process_resident_memory_bytes") > 0.0);
     check_with_promtool(&text);
 
+    // WebSocket-level figures: a text, a binary and a ping from one client,
+    // then its close with 4001, appear under their labels once it ends.
+    let mut ws = open.pop().unwrap();
+    ws.send(&client_frame(true, op::TEXT, b"hi")).await;
+    ws.read_frame().await;
+    ws.send(&client_frame(true, op::BINARY, &[1, 2, 3])).await;
+    ws.read_frame().await;
+    ws.send(&client_frame(true, op::PING, b"p")).await;
+    ws.read_frame().await;
+    ws.send(&client_frame(true, op::CLOSE, &close_payload(4001, "bye")))
+        .await;
+    ws.read_close().await;
+    drop(ws);
+    let text = within("the connection to be counted", async {
+        loop {
+            let m = get(admin, "/metrics", None).await;
+            let text = String::from_utf8(m.body).unwrap();
+            if sample(&text, "wsedge_connection_endings_total{ending=\"closed\"}") == 1.0 {
+                return text;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let route = "path=/app";
+    let series = |name: &str, labels: &str| format!("{name}{{route=\"{route}\",{labels}}}");
+    assert_eq!(
+        sample(&text, &series("wsedge_messages_total", "from=\"client\"")),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &series("wsedge_frames_total", "from=\"client\",opcode=\"ping\"")
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &series("wsedge_frames_total", "from=\"backend\",opcode=\"binary\"")
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "wsedge_close_frames_total{started_by=\"client\",code=\"4xxx\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, "wsedge_handshake_duration_seconds_count"),
+        3.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "wsedge_handshake_duration_seconds_bucket{le=\"+Inf\"}"
+        ),
+        3.0
+    );
+    check_with_promtool(&text);
+
     // The running configuration, and 404/405 for what is not there.
     let c = get(admin, "/api/config", None).await;
     let v: serde_json::Value = serde_json::from_slice(&c.body).unwrap();

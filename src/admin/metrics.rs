@@ -161,9 +161,210 @@ pub fn render(view: &AdminView) -> String {
         sum(|s| s.tls_failed.get()),
     );
 
+    websocket(&mut o, view);
     servers(&mut o, view);
     process(&mut o, view);
     o.0
+}
+
+/// A histogram family: cumulative buckets, `_sum` (seconds) and `_count`,
+/// summed over the workers; `pick` selects one worker's histogram.
+fn histogram(
+    o: &mut Out,
+    view: &AdminView,
+    name: &str,
+    labels: &[(&str, &str)],
+    pick: &dyn Fn(&crate::stats::Stats) -> &crate::stats::Histogram,
+) {
+    use crate::stats::BUCKETS;
+    let mut counts = [0u64; BUCKETS.len() + 1];
+    let mut sum_us = 0u64;
+    for s in &view.stats {
+        let h = pick(s);
+        for (c, b) in counts.iter_mut().zip(&h.buckets) {
+            *c += b.get();
+        }
+        sum_us += h.sum_us.get();
+    }
+    let bucket = format!("{name}_bucket");
+    let mut cumulative = 0;
+    for (i, c) in counts.iter().enumerate() {
+        cumulative += c;
+        let le = BUCKETS.get(i).map_or("+Inf".to_string(), |b| b.to_string());
+        let mut l = labels.to_vec();
+        l.push(("le", &le));
+        o.sample(&bucket, &l, cumulative);
+    }
+    o.sample(
+        &format!("{name}_sum"),
+        labels,
+        format!("{:.6}", sum_us as f64 / 1e6),
+    );
+    o.sample(&format!("{name}_count"), labels, cumulative);
+}
+
+/// What no other proxy exports: messages and frames by opcode, close codes
+/// by who began the close, protocol errors by kind and leg, ping round
+/// trips; per route where it applies. Counted when each connection ends.
+fn websocket(o: &mut Out, view: &AdminView) {
+    use crate::stats::{CLOSE_CODES, OPCODES, close_code_label};
+    let legs = ["client", "backend"];
+    let routes = &view.config.routes;
+    let sum =
+        |f: &dyn Fn(&crate::stats::Stats) -> u64| view.stats.iter().map(|s| f(s)).sum::<u64>();
+    o.family(
+        "wsedge_route_upgrades_total",
+        "counter",
+        "Handshakes that got a 101, by route.",
+    );
+    for (i, r) in routes.iter().enumerate() {
+        let n = sum(&|s| s.ws.routes.get(i).map_or(0, |x| x.upgraded.get()));
+        o.sample("wsedge_route_upgrades_total", &[("route", &r.label)], n);
+    }
+    o.family(
+        "wsedge_messages_total",
+        "counter",
+        "Data messages relayed, by route and the leg that sent them (counted when a connection ends).",
+    );
+    for (i, r) in routes.iter().enumerate() {
+        for (l, leg) in legs.iter().enumerate() {
+            let n = sum(&|s| s.ws.routes.get(i).map_or(0, |x| x.messages[l].get()));
+            o.sample(
+                "wsedge_messages_total",
+                &[("route", &r.label), ("from", leg)],
+                n,
+            );
+        }
+    }
+    o.family(
+        "wsedge_frames_total",
+        "counter",
+        "Frames relayed, by route, sending leg and opcode (counted when a connection ends).",
+    );
+    for (i, r) in routes.iter().enumerate() {
+        for (l, leg) in legs.iter().enumerate() {
+            for (k, op) in OPCODES.iter().enumerate() {
+                let n = sum(&|s| s.ws.routes.get(i).map_or(0, |x| x.frames[l][k].get()));
+                o.sample(
+                    "wsedge_frames_total",
+                    &[("route", &r.label), ("from", leg), ("opcode", op)],
+                    n,
+                );
+            }
+        }
+    }
+    o.family(
+        "wsedge_route_bytes_total",
+        "counter",
+        "Bytes relayed, by route and sending leg (counted when a connection ends).",
+    );
+    for (i, r) in routes.iter().enumerate() {
+        for (l, leg) in legs.iter().enumerate() {
+            let n = sum(&|s| s.ws.routes.get(i).map_or(0, |x| x.bytes[l].get()));
+            o.sample(
+                "wsedge_route_bytes_total",
+                &[("route", &r.label), ("from", leg)],
+                n,
+            );
+        }
+    }
+    o.family(
+        "wsedge_close_frames_total",
+        "counter",
+        "Close handshakes begun by an endpoint, by who began it and the code of its close frame (1005: none).",
+    );
+    for (l, leg) in legs.iter().enumerate() {
+        for b in 0..CLOSE_CODES.len() + 2 {
+            let n = sum(&|s| s.ws.closes[l][b].get());
+            o.sample(
+                "wsedge_close_frames_total",
+                &[("started_by", leg), ("code", close_code_label(b))],
+                n,
+            );
+        }
+    }
+    o.family(
+        "wsedge_protocol_errors_total",
+        "counter",
+        "Connections ended by a protocol error, by the leg at fault and the kind of error.",
+    );
+    for (l, leg) in legs.iter().enumerate() {
+        for (k, kind) in crate::proto::error::ProtocolError::KIND_LABELS
+            .iter()
+            .enumerate()
+        {
+            let n = sum(&|s| s.ws.protocol_errors[l][k].get());
+            o.sample(
+                "wsedge_protocol_errors_total",
+                &[("leg", leg), ("kind", kind)],
+                n,
+            );
+        }
+    }
+    o.family(
+        "wsedge_connection_endings_total",
+        "counter",
+        "Relayed connections that ended, by how (closed, vanished, dead, protocol_error, idle, shutdown, expired, rate_limited, operator, rebalanced, close_timeout, tunnel_ended).",
+    );
+    for (i, e) in crate::relay::Ending::LABELS.iter().enumerate() {
+        if *e == "other" {
+            continue;
+        }
+        let n = sum(&|s| s.ws.endings[i].get());
+        o.sample("wsedge_connection_endings_total", &[("ending", e)], n);
+    }
+    o.family(
+        "wsedge_upstream_retries_total",
+        "counter",
+        "Backend attempts retried on another server, by upstream.",
+    );
+    for (i, u) in view.config.upstreams.iter().enumerate() {
+        let n = sum(&|s| s.ws.retries.get(i).map_or(0, |c| c.get()));
+        o.sample("wsedge_upstream_retries_total", &[("upstream", &u.name)], n);
+    }
+    o.family(
+        "wsedge_tls_handshakes_by_version_total",
+        "counter",
+        "Client TLS handshakes completed, by version.",
+    );
+    for (i, v) in ["1.2", "1.3"].iter().enumerate() {
+        let n = sum(&|s| s.ws.tls_versions[i].get());
+        o.sample(
+            "wsedge_tls_handshakes_by_version_total",
+            &[("version", v)],
+            n,
+        );
+    }
+    o.family(
+        "wsedge_handshake_duration_seconds",
+        "histogram",
+        "From a client's complete request head to its 101 (backend connect and handshake included).",
+    );
+    histogram(o, view, "wsedge_handshake_duration_seconds", &[], &|s| {
+        &s.ws.handshake_seconds
+    });
+    o.family(
+        "wsedge_backend_connect_duration_seconds",
+        "histogram",
+        "Connecting to a backend server (TCP, and TLS when its upstream has it), failures included.",
+    );
+    histogram(
+        o,
+        view,
+        "wsedge_backend_connect_duration_seconds",
+        &[],
+        &|s| &s.ws.connect_seconds,
+    );
+    o.family(
+        "wsedge_ping_rtt_seconds",
+        "histogram",
+        "The last keepalive ping round trip of each ended connection that was pinged, by leg (ping_interval).",
+    );
+    for (l, leg) in legs.iter().enumerate() {
+        histogram(o, view, "wsedge_ping_rtt_seconds", &[("leg", leg)], &|s| {
+            &s.ws.ping_rtt_seconds[l]
+        });
+    }
 }
 
 fn servers(o: &mut Out, view: &AdminView) {

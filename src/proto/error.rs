@@ -55,6 +55,47 @@ pub enum ProtocolError {
 }
 
 impl ProtocolError {
+    /// How many kinds [`ProtocolError::index`] tells apart.
+    pub const KINDS: usize = 14;
+
+    /// Short labels of the kinds, by [`ProtocolError::index`] (metrics).
+    pub const KIND_LABELS: [&'static str; Self::KINDS] = [
+        "reserved_opcode",
+        "reserved_bits",
+        "unmasked_client_frame",
+        "masked_server_frame",
+        "length_top_bit",
+        "fragmented_control",
+        "control_too_long",
+        "frame_too_large",
+        "message_too_large",
+        "unexpected_continuation",
+        "expected_continuation",
+        "invalid_utf8",
+        "close_one_byte",
+        "invalid_close_code",
+    ];
+
+    /// Its kind, as an index into [`ProtocolError::KIND_LABELS`].
+    pub fn index(&self) -> usize {
+        match self {
+            ProtocolError::ReservedOpcode(_) => 0,
+            ProtocolError::ReservedBits(_) => 1,
+            ProtocolError::UnmaskedClientFrame => 2,
+            ProtocolError::MaskedServerFrame => 3,
+            ProtocolError::LengthTopBit => 4,
+            ProtocolError::FragmentedControl => 5,
+            ProtocolError::ControlTooLong(_) => 6,
+            ProtocolError::FrameTooLarge { .. } => 7,
+            ProtocolError::MessageTooLarge { .. } => 8,
+            ProtocolError::UnexpectedContinuation => 9,
+            ProtocolError::ExpectedContinuation => 10,
+            ProtocolError::InvalidUtf8 => 11,
+            ProtocolError::CloseOneByte => 12,
+            ProtocolError::InvalidCloseCode(_) => 13,
+        }
+    }
+
     /// The close code to send to the peer that committed this error.
     pub fn close_code(&self) -> CloseCode {
         match self {

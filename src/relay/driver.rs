@@ -71,6 +71,11 @@ impl<C, B> Relay<C, B> {
         self.core.set_policy(policy);
     }
 
+    /// The last keepalive ping round trip of `leg`, if it was pinged.
+    pub fn ping_rtt(&self, leg: super::Leg) -> Option<std::time::Duration> {
+        self.core.ping_rtt(leg)
+    }
+
     /// What each side has sent so far: (client, backend).
     pub fn counters(&self) -> (super::core::DirStats, super::core::DirStats) {
         (

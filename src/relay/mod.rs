@@ -135,6 +135,43 @@ pub enum Ending {
     TunnelEnded,
 }
 
+impl Ending {
+    /// Labels of [`Ending::label_index`], for metrics.
+    pub const LABELS: [&'static str; 13] = [
+        "closed",
+        "vanished",
+        "dead",
+        "protocol_error",
+        "idle",
+        "shutdown",
+        "expired",
+        "rate_limited",
+        "operator",
+        "rebalanced",
+        "close_timeout",
+        "tunnel_ended",
+        "other",
+    ];
+
+    /// Its index in [`Ending::LABELS`].
+    pub fn label_index(&self) -> usize {
+        match self {
+            Ending::Closed { .. } => 0,
+            Ending::Vanished(..) => 1,
+            Ending::Dead(_) => 2,
+            Ending::ProtocolError(..) => 3,
+            Ending::Idle => 4,
+            Ending::Shutdown => 5,
+            Ending::Expired => 6,
+            Ending::RateLimited(_) => 7,
+            Ending::ByOperator => 8,
+            Ending::Rebalanced => 9,
+            Ending::CloseTimeout => 10,
+            Ending::TunnelEnded => 11,
+        }
+    }
+}
+
 /// What a relay did.
 #[derive(Debug, Clone, Copy)]
 pub struct Outcome {
