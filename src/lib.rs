@@ -17,6 +17,7 @@ pub mod fleet;
 pub mod health;
 pub mod listener;
 pub mod logging;
+pub mod notify;
 pub mod policy;
 pub mod pool;
 pub mod proto;
