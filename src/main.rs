@@ -201,7 +201,12 @@ fn main() -> ExitCode {
             );
         }
     }
+    // systemd (Type=notify): the listeners are bound, the workers run.
+    if let Err(e) = wsedge::notify::ready() {
+        tracing::warn!("cannot notify the service manager: {e}");
+    }
     let sig = server::wait_for_shutdown_signal(&server);
+    let _ = wsedge::notify::stopping();
     if sig == libc::SIGTERM {
         // A service manager or an orchestrator: drain, paced.
         tracing::info!(signal = sig, "SIGTERM: draining");

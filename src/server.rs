@@ -424,7 +424,9 @@ pub fn wait_for_shutdown_signal(server: &Server) -> i32 {
             return sig;
         }
         info!("SIGHUP: reloading certificates and authentication keys");
+        let _ = crate::notify::reloading();
         server.reload_tls();
+        let _ = crate::notify::ready();
     }
 }
 

@@ -144,6 +144,9 @@ enum Cause {
     Policy(Box<Refusal>),
     /// The process has no file descriptor left (EMFILE/ENFILE): 503.
     OutOfFds,
+    /// The host has no local port left for a backend connection
+    /// (EADDRNOTAVAIL): 503.
+    OutOfPorts,
 }
 
 /// How the body of a relayed backend answer ended.
@@ -219,7 +222,9 @@ impl HandshakeError {
             (Cause::Answered(status, _), _) => Some(*status),
             (Cause::Policy(r), _) => Some(r.status()),
             (Cause::NoRoute(_), _) => Some(404),
-            (Cause::Overloaded | Cause::NoServer | Cause::OutOfFds, _) => Some(503),
+            (Cause::Overloaded | Cause::NoServer | Cause::OutOfFds | Cause::OutOfPorts, _) => {
+                Some(503)
+            }
             (Cause::TimedOut, Side::Client) if self.step == Step::ReadingRequestHead => Some(408),
             (_, Side::Client) => None,
             (Cause::TimedOut, Side::Backend(_)) => Some(504),
@@ -277,6 +282,9 @@ impl std::fmt::Display for HandshakeError {
             Cause::Policy(r) => write!(f, "{r}"),
             Cause::OutOfFds => f.write_str(
                 "out of file descriptors connecting to a backend (raise the open-file limit)",
+            ),
+            Cause::OutOfPorts => f.write_str(
+                "no local port left for a backend connection (see net.ipv4.ip_local_port_range and tcp_tw_reuse)",
             ),
         }
     }
@@ -1123,7 +1131,7 @@ async fn handshake(
         ctx.stats.ws.connect_seconds.observe(connecting.elapsed());
         let mut backend = match connected {
             Ok(b) => b,
-            Err(error) if error.cause == Cause::OutOfFds => {
+            Err(error) if matches!(error.cause, Cause::OutOfFds | Cause::OutOfPorts) => {
                 // Not the server's fault: no ejection, no retry.
                 drop(pending);
                 fleet::Attempt::new(fleet_up, &slot).ok();
@@ -1505,9 +1513,15 @@ async fn connect_one(
             let _ = s.set_nodelay(true);
             into_poll(s).map_err(|e| Cause::Io(e.kind()))
         }
-        // Not the backend's fault: this process has no descriptor left.
+        // Not the backend's fault: this process has no descriptor left, or
+        // this host no local port for one more connection (EADDRNOTAVAIL).
         Ok(Err(e)) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
             return Err(HandshakeError::proxy(Step::Connecting, Cause::OutOfFds));
+        }
+        Ok(Err(e))
+            if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) && !addr.ip().is_unspecified() =>
+        {
+            return Err(HandshakeError::proxy(Step::Connecting, Cause::OutOfPorts));
         }
         Ok(Err(e)) => Err(Cause::Io(e.kind())),
         Err(_) => Err(Cause::TimedOut),
