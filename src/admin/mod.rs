@@ -7,6 +7,7 @@
 
 mod http;
 mod metrics;
+mod status;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -201,6 +202,8 @@ fn route(view: &AdminView, auth: &Auth, req: &Request) -> Response {
             )],
             body: metrics::render(view).into_bytes(),
         },
+        ("GET", ["status"]) => Response::html(status::render(view)),
+        ("GET", ["api", "status"]) => Response::json(200, &status::snapshot(view)),
         ("GET", ["api", "config"]) => Response::json(200, &config_json(&view.config)),
         ("GET", ["api", "servers"]) => Response::json(200, &servers_json(view)),
         (
