@@ -49,9 +49,23 @@ struct Snapshot {
     /// Policy refusals by reason label, and `other` (a bad request, no
     /// route, a backend's refusal).
     refused_by: BTreeMap<&'static str, u64>,
+    /// The sum of the policy's reasons in `refused_by`.
+    policy_refusals: u64,
+    /// Servers over all upstreams, by state.
+    servers: ServerCount,
     routes: Vec<RouteRow>,
     upstreams: Vec<UpstreamRow>,
     not_collected: &'static [&'static str],
+}
+
+#[derive(Debug, Default, Serialize)]
+struct ServerCount {
+    total: usize,
+    /// Taking new connections.
+    eligible: usize,
+    draining: usize,
+    ejected: usize,
+    down: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -112,9 +126,9 @@ fn gather(view: &AdminView) -> Snapshot {
         .partition(|(name, _)| labels.contains(name));
     let counters: BTreeMap<&'static str, u64> = counters.into_iter().collect();
     let mut refused_by: BTreeMap<&'static str, u64> = reasons.into_iter().collect();
-    let by_reason: u64 = refused_by.values().sum();
+    let policy_refusals: u64 = refused_by.values().sum();
     let refused = counters.get("refused").copied().unwrap_or(0);
-    refused_by.insert("other", refused.saturating_sub(by_reason));
+    refused_by.insert("other", refused.saturating_sub(policy_refusals));
 
     let upstreams: Vec<UpstreamRow> = view
         .config
@@ -174,6 +188,19 @@ fn gather(view: &AdminView) -> Snapshot {
             }
         })
         .collect();
+    let mut servers = ServerCount::default();
+    for u in &upstreams {
+        servers.total += u.servers.len();
+        servers.eligible += u.up;
+        for sv in &u.servers {
+            match sv.state {
+                "DRAINING" => servers.draining += 1,
+                "EJECTED" => servers.ejected += 1,
+                "DOWN" => servers.down += 1,
+                _ => {}
+            }
+        }
+    }
     let routes = view
         .config
         .routes
@@ -195,6 +222,8 @@ fn gather(view: &AdminView) -> Snapshot {
         workers: view.stats.len(),
         counters,
         refused_by,
+        policy_refusals,
+        servers,
         routes,
         upstreams,
         not_collected: NOT_COLLECTED,
@@ -271,6 +300,8 @@ fn duration(ms: u64) -> String {
 
 /// A placeholder for a figure not collected yet (footnote 1).
 const NA: &str = r#"<td class="n na" title="not collected yet">—<sup>1</sup></td>"#;
+/// The same in a text column.
+const NA_TEXT: &str = r#"<td class="na" title="not collected yet">—<sup>1</sup></td>"#;
 fn badge(state: &str, path: &str) -> String {
     format!(
         r#"<span class="st st-{}" data-v="{path}" data-f="state">{state}</span>"#,
@@ -301,80 +332,87 @@ fn page(s: &Snapshot) -> String {
         drain_hidden = if s.draining { "" } else { " hidden" },
     );
 
-    // Process-wide figures.
-    let tile = |h: &mut String, label: &str, main: String, sub: String| {
+    // Process-wide figures: (label, main figure, line under it).
+    let sc = &s.servers;
+    let tiles: [(&str, String, String); 8] = [
+        (
+            "Active connections",
+            format!(
+                r#"<span data-v="counters.active">{}</span>"#,
+                count(c("active"))
+            ),
+            format!(
+                r#"<span data-v="counters.accepted">{}</span> accepted"#,
+                count(c("accepted"))
+            ),
+        ),
+        (
+            "Handshakes/s",
+            r#"<span data-v="counters.upgraded" data-f="rate">…</span>"#.into(),
+            format!(
+                r#"<span data-v="counters.upgraded">{}</span> upgraded (101)"#,
+                count(c("upgraded"))
+            ),
+        ),
+        (
+            "Client → backend<sup>2</sup>",
+            r#"<span data-v="counters.bytes_from_client" data-f="brate">…</span>"#.into(),
+            format!(
+                r#"<span data-v="counters.bytes_from_client" data-f="bytes">{}</span> total"#,
+                bytes(c("bytes_from_client"))
+            ),
+        ),
+        (
+            "Backend → client<sup>2</sup>",
+            r#"<span data-v="counters.bytes_from_backend" data-f="brate">…</span>"#.into(),
+            format!(
+                r#"<span data-v="counters.bytes_from_backend" data-f="bytes">{}</span> total"#,
+                bytes(c("bytes_from_backend"))
+            ),
+        ),
+        (
+            "Servers in rotation",
+            format!(
+                r#"<span data-v="servers.eligible">{}</span> / <span data-v="servers.total">{}</span>"#,
+                sc.eligible, sc.total
+            ),
+            format!(
+                r#"<span data-v="servers.draining">{}</span> draining · <span data-v="servers.ejected">{}</span> ejected · <span data-v="servers.down">{}</span> down"#,
+                sc.draining, sc.ejected, sc.down
+            ),
+        ),
+        (
+            "Refused/s",
+            r#"<span data-v="counters.refused" data-f="rate">…</span>"#.into(),
+            format!(
+                r#"<span data-v="counters.refused">{}</span> refused"#,
+                count(c("refused"))
+            ),
+        ),
+        (
+            "Protocol errors",
+            format!(
+                r#"<span data-v="counters.protocol_errors">{}</span>"#,
+                count(c("protocol_errors"))
+            ),
+            format!(
+                r#"<span data-v="counters.backend_failures">{}</span> found no backend"#,
+                count(c("backend_failures"))
+            ),
+        ),
+        (
+            "Messages/s in / out",
+            r#"<span class="na">—<sup>1</sup></span>"#.into(),
+            "not counted yet".into(),
+        ),
+    ];
+    h.push_str(r#"<section><h2>Proxy</h2><div class="tiles">"#);
+    for (label, main, sub) in tiles {
         let _ = write!(
             h,
             r#"<div class="tile"><div class="k">{label}</div><div class="v">{main}</div><div class="s">{sub}</div></div>"#
         );
-    };
-    h.push_str(r#"<section><h2>Proxy</h2><div class="tiles">"#);
-    tile(
-        &mut h,
-        "Active connections",
-        format!(
-            r#"<span data-v="counters.active">{}</span>"#,
-            count(c("active"))
-        ),
-        format!(
-            r#"<span data-v="counters.accepted">{}</span> accepted"#,
-            count(c("accepted"))
-        ),
-    );
-    tile(
-        &mut h,
-        "Handshakes/s",
-        r#"<span data-v="counters.upgraded" data-f="rate">…</span>"#.into(),
-        format!(
-            r#"<span data-v="counters.upgraded">{}</span> upgraded (101)"#,
-            count(c("upgraded"))
-        ),
-    );
-    tile(
-        &mut h,
-        "Refused/s",
-        r#"<span data-v="counters.refused" data-f="rate">…</span>"#.into(),
-        format!(
-            r#"<span data-v="counters.refused">{}</span> refused"#,
-            count(c("refused"))
-        ),
-    );
-    tile(
-        &mut h,
-        "Client → backend<sup>2</sup>",
-        r#"<span data-v="counters.bytes_from_client" data-f="brate">…</span>"#.into(),
-        format!(
-            r#"<span data-v="counters.bytes_from_client" data-f="bytes">{}</span> total"#,
-            bytes(c("bytes_from_client"))
-        ),
-    );
-    tile(
-        &mut h,
-        "Backend → client<sup>2</sup>",
-        r#"<span data-v="counters.bytes_from_backend" data-f="brate">…</span>"#.into(),
-        format!(
-            r#"<span data-v="counters.bytes_from_backend" data-f="bytes">{}</span> total"#,
-            bytes(c("bytes_from_backend"))
-        ),
-    );
-    tile(
-        &mut h,
-        "Messages/s in / out",
-        r#"<span class="na">—<sup>1</sup></span>"#.into(),
-        "not counted yet".into(),
-    );
-    tile(
-        &mut h,
-        "Errors",
-        format!(
-            r#"<span data-v="counters.protocol_errors">{}</span>"#,
-            count(c("protocol_errors"))
-        ),
-        format!(
-            r#"protocol · <span data-v="counters.backend_failures">{}</span> no backend"#,
-            count(c("backend_failures"))
-        ),
-    );
+    }
     h.push_str("</div></section>\n");
 
     // Routes.
@@ -401,7 +439,7 @@ fn page(s: &Snapshot) -> String {
 
     // Upstreams and their servers.
     h.push_str(
-        r#"<section><h2>Upstreams and servers</h2><div class="scroll"><table><thead><tr><th>Server</th><th>State</th><th class="n">Weight</th><th class="n">Active</th><th class="n">Pending</th><th class="n">Total</th><th class="n">Handshakes/s</th><th class="n">Msgs/s in / out</th><th class="n">Bytes/s in / out</th><th class="n" title="failed attempts in a row">Failures</th><th class="n">Ejections</th><th>Last check</th></tr></thead>"#,
+        r#"<section><h2>Upstreams and servers</h2><div class="scroll"><table><thead><tr><th>Server</th><th>State</th><th class="n">Active</th><th class="n">Pending</th><th class="n" title="failed attempts in a row">Failures</th><th class="n">Ejections</th><th class="n">Weight</th><th class="n">Total</th><th class="n">Handshakes/s</th><th class="n">Msgs/s in / out</th><th class="n">Bytes/s in / out</th><th>Last check</th></tr></thead>"#,
     );
     for (ui, u) in s.upstreams.iter().enumerate() {
         let health = match &u.health {
@@ -410,7 +448,7 @@ fn page(s: &Snapshot) -> String {
         };
         let _ = write!(
             h,
-            r#"<tbody data-p="upstreams.{ui}"><tr class="up-row"><th scope="rowgroup">{name} <span class="tag">{balance}</span></th><td>{state} <span class="sub"><span data-v=".up">{up}</span>/{n} up</span></td><td></td><td class="n" data-v=".active">{active}</td><td class="n" data-v=".pending">{pending}</td>{NA}{NA}{NA}{NA}<td></td><td></td><td class="sub">{health}</td></tr>"#,
+            r#"<tbody data-p="upstreams.{ui}"><tr class="up-row"><th scope="rowgroup">{name} <span class="tag">{balance}</span></th><td>{state} <span class="sub"><span data-v=".up">{up}</span>/{n} up</span></td><td class="n" data-v=".active">{active}</td><td class="n" data-v=".pending">{pending}</td><td></td><td></td><td></td>{NA}{NA}{NA}{NA}<td class="sub">{health}</td></tr>"#,
             name = html_escape(&u.upstream),
             balance = u.balance,
             state = badge(u.state, ".state"),
@@ -427,7 +465,7 @@ fn page(s: &Snapshot) -> String {
             };
             let _ = write!(
                 h,
-                r#"<tr class="srv s-{lc}" data-p="upstreams.{ui}.servers.{si}" data-addr="{addr}"><td><code>{addr}</code>{backup}</td><td>{state}</td><td class="n">{weight}</td><td class="n" data-v=".active">{active}</td><td class="n" data-v=".pending">{pending}</td>{NA}{NA}{NA}{NA}<td class="n" data-v=".failures">{failures}</td><td class="n" data-v=".ejections">{ejections}</td>{last}</tr>"#,
+                r#"<tr class="srv s-{lc}" data-p="upstreams.{ui}.servers.{si}" data-addr="{addr}"><td><code>{addr}</code>{backup}</td><td>{state}</td><td class="n" data-v=".active">{active}</td><td class="n" data-v=".pending">{pending}</td><td class="n" data-v=".failures">{failures}</td><td class="n" data-v=".ejections">{ejections}</td><td class="n">{weight}</td>{NA}{NA}{NA}{NA}{last}</tr>"#,
                 lc = sv.state.to_ascii_lowercase(),
                 addr = html_escape(&sv.server),
                 backup = if sv.backup {
@@ -452,7 +490,7 @@ fn page(s: &Snapshot) -> String {
     for title in ["Longest-lived", "Busiest"] {
         let _ = write!(
             h,
-            r#"<div class="scroll"><table><caption>{title}</caption><thead><tr><th>Client</th><th>Route</th><th>Server</th><th class="n">Age</th><th class="n">Msgs in / out</th><th class="n">Bytes in / out</th></tr></thead><tbody><tr>{NA}{NA}{NA}{NA}{NA}{NA}</tr></tbody></table></div>"#
+            r#"<div class="scroll"><table><caption>{title}</caption><thead><tr><th>Client</th><th>Route</th><th>Server</th><th class="n">Age</th><th class="n">Msgs in / out</th><th class="n">Bytes in / out</th></tr></thead><tbody><tr>{NA_TEXT}{NA_TEXT}{NA_TEXT}{NA}{NA}{NA}</tr></tbody></table></div>"#
         );
     }
     h.push_str("</div></section>\n");
@@ -467,27 +505,33 @@ fn page(s: &Snapshot) -> String {
         for (label, path, v) in rows {
             let _ = write!(
                 h,
-                r#"<tr><th>{label}</th><td class="n" data-v="{path}">{}</td></tr>"#,
+                r#"<tr{}><th>{label}</th><td class="n" data-v="{path}" data-z>{}</td></tr>"#,
+                if *v == 0 { r#" class="z""# } else { "" },
                 count(*v)
             );
         }
         h.push_str("</tbody></table></div>");
     };
-    let mut outcomes = vec![("101 upgraded", "counters.upgraded".into(), c("upgraded"))];
-    for r in Reason::ALL {
-        outcomes.push((
-            r.label(),
-            format!("refused_by.{}", r.label()),
-            s.refused_by.get(r.label()).copied().unwrap_or(0),
-        ));
-    }
-    outcomes.push((
-        "other refusals",
-        "refused_by.other".into(),
-        s.refused_by.get("other").copied().unwrap_or(0),
-    ));
-    kv(&mut h, "Handshakes", &outcomes);
     let row = |label, key: &str| (label, format!("counters.{key}"), c(key));
+    let refused = |key: &str| s.refused_by.get(key).copied().unwrap_or(0);
+    kv(
+        &mut h,
+        "Handshakes",
+        &[
+            row("101 upgraded", "upgraded"),
+            (
+                "refused by the policy",
+                "policy_refusals".into(),
+                s.policy_refusals,
+            ),
+            (
+                "other refusals",
+                "refused_by.other".into(),
+                refused("other"),
+            ),
+            row("… of which no backend", "backend_failures"),
+        ],
+    );
     kv(
         &mut h,
         "Connections ended",
@@ -495,7 +539,6 @@ fn page(s: &Snapshot) -> String {
             row("close handshake", "closed_normally"),
             row("protocol error", "protocol_errors"),
             row("other (vanished, timeout, limit)", "closed_otherwise"),
-            row("no backend (after retries)", "backend_failures"),
         ],
     );
     kv(
@@ -507,13 +550,26 @@ fn page(s: &Snapshot) -> String {
             row("failed", "tls_failed"),
         ],
     );
+    let reasons: Vec<(&str, String, u64)> = Reason::ALL
+        .iter()
+        .map(|r| {
+            let label = r.label();
+            (label, format!("refused_by.{label}"), refused(label))
+        })
+        .collect();
+    kv(&mut h, "Policy refusals by reason", &reasons);
     h.push_str("</div></section>\n");
 
-    h.push_str(
+    let health_note = if s.upstreams.iter().any(|u| u.health.is_some()) {
+        "\n<li>Health checks run, but the time of the last one is not exported yet.</li>"
+    } else {
+        ""
+    };
+    let _ = write!(
+        h,
         r#"<footer><ol>
 <li>Not collected yet: per-connection figures come with the connections API (messages; per-route and per-server totals, handshakes and bytes; the longest-lived and busiest connections).</li>
-<li>Bytes are added when a connection ends, so with long-lived connections these rates move in steps.</li>
-<li>Health checks run, but the time of the last one is not exported yet.</li>
+<li>Bytes are added when a connection ends, so with long-lived connections these rates move in steps.</li>{health_note}
 </ol><p>Rates are computed in the page from two snapshots of <a href="api/status">/api/status</a>, polled every 2 s. Also: <a href="metrics">/metrics</a>, <a href="api/servers">/api/servers</a>.</p></footer>
 </main>"#,
     );
@@ -536,7 +592,7 @@ h2{font-size:15px;margin:20px 0 8px}
 .meta{margin:2px 0 0;color:var(--mut)}
 .stale{color:var(--down);font-weight:600}
 .banner{background:var(--dr-bg);color:var(--dr);border:1px solid var(--dr);border-radius:6px;padding:6px 10px;font-weight:600}
-.tiles{display:grid;grid-template-columns:repeat(auto-fill,minmax(170px,1fr));gap:8px}
+.tiles{display:grid;grid-template-columns:repeat(4,1fr);gap:8px}
 .tile{border:1px solid var(--line);border-radius:6px;padding:8px 10px;background:var(--alt)}
 .tile .k{color:var(--mut);font-size:12px}.tile .v{font-size:22px;font-weight:600;font-variant-numeric:tabular-nums}
 .tile .s{color:var(--mut);font-size:12px;font-variant-numeric:tabular-nums}
@@ -563,10 +619,10 @@ tbody+tbody{border-top:2px solid var(--line)}
 code{font:12.5px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
 .pair{display:grid;grid-template-columns:repeat(auto-fit,minmax(320px,1fr));gap:8px}
 .trio{display:grid;grid-template-columns:repeat(auto-fit,minmax(260px,1fr));gap:8px;align-items:start}
-.kv th{font-weight:400}
+.kv th{font-weight:400}.kv tr.z>*{color:var(--mut)}
 footer{color:var(--mut);font-size:12px;margin:20px 0 24px}footer ol{padding-left:18px;margin:0 0 6px}
 a{color:inherit}
-@media (max-width:600px){header,main{padding:0 8px}.tile .v{font-size:18px}.tiles{grid-template-columns:repeat(2,1fr)}}
+@media (max-width:700px){header,main{padding:0 8px}.tile .v{font-size:18px}.tiles{grid-template-columns:repeat(2,1fr)}}
 "#;
 
 /// Polls `api/status` (relative to the page, so a path prefix in front of
@@ -600,7 +656,8 @@ function apply(s){
   else if(f==='dur')set(el,dur(v));
   else if(f==='state'){set(el,v);el.className='st st-'+v.toLowerCase();
    var tr=el.closest('tr.srv');if(tr)tr.className='srv s-'+v.toLowerCase();}
-  else set(el,typeof v==='number'?num(v):String(v));});
+  else{set(el,typeof v==='number'?num(v):String(v));
+   if(el.hasAttribute('data-z'))el.parentElement.classList.toggle('z',v===0);}});
  document.getElementById('draining').hidden=!s.draining;
  prev=s;okAt=new Date(s.time_ms);
  var live=document.getElementById('live');live.className='';
@@ -630,6 +687,8 @@ mod tests {
                 .into_iter()
                 .collect(),
             refused_by: BTreeMap::new(),
+            policy_refusals: 0,
+            servers: ServerCount::default(),
             routes: vec![RouteRow {
                 label: label.into(),
                 upstream: "u<".into(),
@@ -740,6 +799,10 @@ mod tests {
         assert_eq!(v["counters"]["upgraded"], 7);
         assert_eq!(v["refused_by"]["ip_handshake_rate"], 1);
         assert_eq!(v["refused_by"]["other"], 2);
+        assert_eq!(v["policy_refusals"], 1);
+        assert_eq!(v["servers"]["total"], 2);
+        assert_eq!(v["servers"]["draining"], 1);
+        assert_eq!(v["servers"]["eligible"], 1);
         assert!(v["counters"].get("ip_handshake_rate").is_none());
         assert_eq!(v["routes"][0]["match"], view.config.routes[0].label);
         assert_eq!(v["upstreams"][0]["state"], "UP");
