@@ -1,7 +1,8 @@
 //! The admin endpoint over real HTTP (requests written by hand, answers
 //! parsed by the test harness): probes, metrics that move with known
 //! traffic and pass `promtool check metrics`, the bearer token, and a
-//! drain through the API that stops new connections to a server.
+//! drain through the API that stops new connections to a server, and the
+//! status page (`/status`, `/api/status`).
 
 #[macro_use]
 mod common;
@@ -364,9 +365,82 @@ async fn connections_are_listed_and_closed(driver: IoDriver) {
     );
 }
 
+async fn status_page_shows_the_servers(driver: IoDriver) {
+    let a = echo_backend().await.to_string();
+    let b = echo_backend().await.to_string();
+    let proxy = Proxy::start_config(driver, config("", &[a.clone(), b.clone()]));
+    let admin = proxy.server().admin_addr().unwrap();
+    let _open = RawWs::connect(proxy.addr, &upgrade_request("/app", &[]), &[])
+        .await
+        .0;
+    let r = get(admin, "/status", None).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.header("content-type").unwrap().starts_with("text/html"),
+        "{r:?}"
+    );
+    let page = String::from_utf8(r.body).unwrap();
+    // Self-contained: nothing loaded from elsewhere.
+    for external in ["<script src", "<link", "@import", "http://", "https://"] {
+        assert!(!page.contains(external), "{external} in:\n{page}");
+    }
+    assert!(page.contains(&a) && page.contains(&b), "{page}");
+    assert!(page.contains(">UP<"), "{page}");
+    assert!(!page.contains(">DRAINING<"), "{page}");
+
+    let r = request(admin, "POST", &format!("/api/servers/u/{a}/drain"), None).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let page = String::from_utf8(get(admin, "/status", None).await.body).unwrap();
+    assert!(page.contains(">DRAINING<"), "{page}");
+
+    let r = get(admin, "/api/status", None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert!(v["time_ms"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["clock_ms"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["draining"], false);
+    assert_eq!(v["counters"]["upgraded"], 1, "{v}");
+    assert_eq!(v["counters"]["accepted"], 1, "{v}");
+    for k in [
+        "active",
+        "refused",
+        "closed_normally",
+        "protocol_errors",
+        "closed_otherwise",
+        "bytes_from_client",
+        "bytes_from_backend",
+        "tls_full",
+        "tls_resumed",
+        "tls_failed",
+    ] {
+        assert!(v["counters"][k].is_u64(), "{k} in {v}");
+    }
+    assert!(v["refused_by"]["ip_handshake_rate"].is_u64(), "{v}");
+    assert_eq!(v["routes"][0]["upstream"], "u");
+    let u = &v["upstreams"][0];
+    assert_eq!(
+        (u["upstream"].as_str(), u["state"].as_str()),
+        (Some("u"), Some("UP"))
+    );
+    assert_eq!(u["up"], 1, "the drained one no longer takes connections");
+    let servers = u["servers"].as_array().unwrap();
+    assert_eq!(servers.len(), 2);
+    let state = |addr: &str| {
+        servers
+            .iter()
+            .find(|s| s["server"] == addr)
+            .map(|s| s["state"].clone())
+    };
+    assert_eq!(state(&a), Some("DRAINING".into()));
+    assert_eq!(state(&b), Some("UP".into()));
+    assert_eq!(u["active"], 1, "{u}");
+}
+
 both_drivers!(
     connections_are_listed_and_closed,
     probes_and_metrics_move_with_traffic,
     a_token_guards_the_api,
     a_drained_server_gets_no_new_connections,
+    status_page_shows_the_servers,
 );

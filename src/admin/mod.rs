@@ -8,6 +8,7 @@
 mod connections;
 mod http;
 mod metrics;
+mod status;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -205,6 +206,8 @@ fn route(view: &AdminView, auth: &Auth, req: &Request) -> Response {
             )],
             body: metrics::render(view).into_bytes(),
         },
+        ("GET", ["status"]) => Response::html(status::render(view)),
+        ("GET", ["api", "status"]) => Response::json(200, &status::snapshot(view)),
         ("GET", ["api", "config"]) => Response::json(200, &config_json(&view.config)),
         ("GET", ["api", "servers"]) => Response::json(200, &servers_json(view)),
         ("GET", ["api", "connections"]) => connections::list(view, req),
@@ -221,8 +224,8 @@ fn route(view: &AdminView, auth: &Auth, req: &Request) -> Response {
         ) => server_action(view, req, upstream, server, action),
         (
             _,
-            ["metrics"]
-            | ["api", "config" | "servers" | "connections"]
+            ["metrics" | "status"]
+            | ["api", "config" | "servers" | "connections" | "status"]
             | ["api", "connections", _, "close"]
             | ["api", "servers", _, _, "drain" | "enable"],
         ) => Response::json(
