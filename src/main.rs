@@ -75,6 +75,11 @@ struct Args {
     /// address, e.g. 127.0.0.1:9901. Overrides [admin] address.
     #[arg(long, value_name = "ADDR")]
     admin: Option<SocketAddr>,
+    /// Tell the running wsedge (the process in the configuration's
+    /// pid_file) to reload: the file is checked first, and nothing is sent
+    /// when it has an error.
+    #[arg(long, requires = "config")]
+    reload: bool,
     /// Do not pin workers to cores (containers with CPU quotas).
     #[arg(long)]
     no_pin: bool,
@@ -110,6 +115,9 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    if args.reload {
+        return reload(args.config.as_deref().unwrap_or(std::path::Path::new("")));
     }
     // `--listen` alone serves the built-in echo server: only on loopback,
     // unless asked for by name (`--upstream builtin:echo`).
@@ -176,6 +184,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let uses_echo = config.uses_builtin_echo();
+    let config_pid_file = config.pid_file.clone();
     let config_listeners: Vec<bool> = config.listeners.iter().map(|l| l.tls.is_some()).collect();
 
     wsedge::pool::set_release_hook(mimalloc_ext::release_freed_memory);
@@ -189,6 +198,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let pid_file = config_pid_file.as_ref().and_then(|path| {
+        match std::fs::write(path, format!("{}\n", std::process::id())) {
+            Ok(()) => Some(path.clone()),
+            Err(e) => {
+                tracing::warn!("cannot write pid_file {}: {e}", path.display());
+                None
+            }
+        }
+    });
     for (addr, &l) in server.addrs.iter().zip(&config_listeners) {
         let scheme = if l { "wss" } else { "ws" };
         tracing::info!(
@@ -216,6 +234,53 @@ fn main() -> ExitCode {
         tracing::info!(signal = sig, "shutting down: closing connections with 1001");
         server.shutdown();
     }
+    if let Some(path) = pid_file {
+        let _ = std::fs::remove_file(path);
+    }
     tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+/// `wsedge --reload --config FILE`: checks FILE, then sends SIGHUP to the
+/// process named by its `pid_file`.
+fn reload(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("wsedge: {e}\nwsedge: nothing sent: fix the file first");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(pid_file) = config.pid_file else {
+        eprintln!(
+            "wsedge: {} has no pid_file: set pid_file = \"/run/wsedge.pid\" to use --reload (or send SIGHUP yourself)",
+            path.display()
+        );
+        return ExitCode::FAILURE;
+    };
+    let pid = match std::fs::read_to_string(&pid_file)
+        .map_err(|e| e.to_string())
+        .and_then(|t| t.trim().parse::<i32>().map_err(|e| e.to_string()))
+    {
+        Ok(pid) if pid > 0 => pid,
+        Ok(_) => {
+            eprintln!("wsedge: {}: not a process id", pid_file.display());
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("wsedge: {}: {e} (is wsedge running?)", pid_file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    // SAFETY: kill takes no pointers; a wrong or stale pid is an error.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        eprintln!(
+            "wsedge: cannot signal process {pid} (from {}): {}",
+            pid_file.display(),
+            std::io::Error::last_os_error()
+        );
+        return ExitCode::FAILURE;
+    }
+    println!("wsedge: sent SIGHUP to process {pid}: certificates and auth keys are re-read");
     ExitCode::SUCCESS
 }

@@ -252,6 +252,10 @@ impl Server {
                         fleet: Arc::clone(&fleet),
                         draining: Arc::clone(&draining),
                         control: senders.clone(),
+                        reload: Some(crate::admin::Reload {
+                            tls: Arc::clone(&tls),
+                            policy: Arc::clone(&policy),
+                        }),
                     },
                 )
                 .map_err(|source| StartError::Bind {
@@ -331,29 +335,7 @@ impl Server {
     /// handshakes use them; open connections are untouched; a file that
     /// fails to load keeps its old certificate, and the log says why.
     pub fn reload_tls(&self) {
-        self.policy.reload_keys(&self.config);
-        if self.tls.listeners.iter().all(Option::is_none) {
-            return;
-        }
-        let errors = self.tls.reload();
-        for e in &errors {
-            error!("certificate reload: {e}; keeping the certificate in use");
-        }
-        let now = crate::tls::certs::unix_now();
-        for acc in self.tls.listeners.iter().flatten() {
-            for c in acc.certs.current().iter() {
-                info!(
-                    cert = %c.files.cert.display(),
-                    subject = %c.subject,
-                    expires = %crate::tls::certs::date(c.not_after),
-                    days_left = c.days_left(now),
-                    "certificate in use"
-                );
-            }
-        }
-        if errors.is_empty() {
-            info!("certificates reloaded");
-        }
+        reload_files(&self.config, &self.tls, &self.policy);
     }
 
     /// Drains server `server` (`IP:PORT`) of upstream `upstream`: no new
@@ -394,6 +376,42 @@ impl Server {
     pub fn totals(&self) -> Vec<(&'static str, u64)> {
         crate::stats::sum(&self.stats)
     }
+}
+
+/// Re-reads what SIGHUP re-reads: the TLS listeners' certificates and keys
+/// and the `[[auth]]` key files (JWKS, API keys). New handshakes use them;
+/// open connections are untouched; a file that fails keeps what was in
+/// use, and the log says why. Returns the errors.
+pub fn reload_files(
+    config: &Config,
+    tls: &TlsSetup,
+    policy: &crate::policy::state::Shared,
+) -> Vec<String> {
+    let mut errors = policy.reload_keys(config);
+    if tls.listeners.iter().all(Option::is_none) {
+        return errors;
+    }
+    let tls_errors = tls.reload();
+    for e in &tls_errors {
+        error!("certificate reload: {e}; keeping the certificate in use");
+    }
+    let now = crate::tls::certs::unix_now();
+    for acc in tls.listeners.iter().flatten() {
+        for c in acc.certs.current().iter() {
+            info!(
+                cert = %c.files.cert.display(),
+                subject = %c.subject,
+                expires = %crate::tls::certs::date(c.not_after),
+                days_left = c.days_left(now),
+                "certificate in use"
+            );
+        }
+    }
+    if tls_errors.is_empty() {
+        info!("certificates reloaded");
+    }
+    errors.extend(tls_errors);
+    errors
 }
 
 /// Raises the open-file limit to its hard limit, and warns when even that

@@ -245,3 +245,64 @@ async fn out_of_file_descriptors_is_503_not_502() {
         "only 101 or 503: {statuses:?}"
     );
 }
+
+/// `pid_file` is written at start and removed at exit; `wsedge --reload`
+/// checks the file, then signals the process it names (a bad file sends
+/// nothing); `POST /api/reload` re-reads the same files.
+#[tokio::test(flavor = "multi_thread")]
+async fn reload_through_the_pid_file_and_the_api() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("ops-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pid_file = dir.join("wsedge.pid");
+    let config = dir.join("wsedge.toml");
+    let text = format!(
+        "pid_file = \"{}\"\nworkers = 1\n[admin]\naddress = \"127.0.0.1:0\"\n\
+         [[listener]]\naddress = \"127.0.0.1:0\"\n[[upstream]]\nname = \"e\"\nservers = [\"builtin:echo\"]\n\
+         [[route]]\npath = \"/\"\nupstream = \"e\"\n",
+        pid_file.display()
+    );
+    std::fs::write(&config, &text).unwrap();
+    let mut p = ProxyProcess::spawn(&["--config", config.to_str().unwrap()]);
+    p.wait_listening();
+    let line = p.wait_for_line("admin endpoint", STEP);
+    let admin: std::net::SocketAddr = line
+        .split("addr=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap();
+    let written = std::fs::read_to_string(&pid_file).unwrap();
+    assert_eq!(written.trim(), p.child.id().to_string());
+
+    let out = wsedge()
+        .args(["--reload", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    tokio::task::block_in_place(|| p.wait_for_line("SIGHUP: reloading", STEP));
+
+    // A broken file: nothing is sent.
+    std::fs::write(&config, format!("{text}\nbogus = 1\n")).unwrap();
+    let out = wsedge()
+        .args(["--reload", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing sent"));
+
+    let r = http_exchange(
+        admin,
+        b"POST /api/reload HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["errors"].as_array().unwrap().len(), 0);
+
+    p.signal("INT");
+    let status = tokio::task::block_in_place(|| p.wait_exit(Duration::from_secs(10)));
+    assert_eq!(status.code(), Some(0));
+    assert!(!pid_file.exists(), "the pid_file is removed at exit");
+    let _ = std::fs::remove_dir_all(&dir);
+}

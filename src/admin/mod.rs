@@ -51,6 +51,18 @@ pub struct AdminView {
     /// Each worker's control channel (the connection list and closes fan
     /// out over them).
     pub control: Vec<crate::control::ControlSender>,
+    /// What `POST /api/reload` re-reads (as SIGHUP): certificates and the
+    /// `[[auth]]` key files; `None` in tests that do not need it.
+    pub reload: Option<Reload>,
+}
+
+/// The running certificates and key files, for `POST /api/reload`.
+#[derive(Debug, Clone)]
+pub struct Reload {
+    /// TLS configurations (certificates reloadable).
+    pub tls: Arc<crate::tls::setup::TlsSetup>,
+    /// The policy's loaded keys.
+    pub policy: Arc<crate::policy::state::Shared>,
 }
 
 /// A running admin listener; stops (and joins its thread) when dropped.
@@ -211,6 +223,7 @@ fn route(view: &AdminView, auth: &Auth, req: &Request) -> Response {
         ("GET", ["api", "config"]) => Response::json(200, &config_json(&view.config)),
         ("GET", ["api", "servers"]) => Response::json(200, &servers_json(view)),
         ("GET", ["api", "connections"]) => connections::list(view, req),
+        ("POST", ["api", "reload"]) => reload(view),
         ("POST", ["api", "connections", id, "close"]) => connections::close(view, req, id),
         (
             "POST",
@@ -225,7 +238,10 @@ fn route(view: &AdminView, auth: &Auth, req: &Request) -> Response {
         (
             _,
             ["metrics" | "status"]
-            | ["api", "config" | "servers" | "connections" | "status"]
+            | [
+                "api",
+                "config" | "servers" | "connections" | "status" | "reload",
+            ]
             | ["api", "connections", _, "close"]
             | ["api", "servers", _, _, "drain" | "enable"],
         ) => Response::json(
@@ -237,6 +253,29 @@ fn route(view: &AdminView, auth: &Auth, req: &Request) -> Response {
             &serde_json::json!({ "error": format!("no such endpoint: {path}") }),
         ),
     }
+}
+
+/// `POST /api/reload`: what SIGHUP re-reads (certificates, JWKS and API
+/// key files); a file that fails keeps what is in use, and its error is in
+/// the answer (500). The rest of the configuration is read at start.
+fn reload(view: &AdminView) -> Response {
+    let Some(r) = &view.reload else {
+        return Response::json(
+            503,
+            &serde_json::json!({ "error": "reload is not available" }),
+        );
+    };
+    info!("admin: reloading certificates and authentication keys");
+    let errors = crate::server::reload_files(&view.config, &r.tls, &r.policy);
+    let status = if errors.is_empty() { 200 } else { 500 };
+    Response::json(
+        status,
+        &serde_json::json!({
+            "reloaded": ["certificates", "auth keys"],
+            "errors": errors,
+            "note": "listeners, routes, upstreams and limits are read at start: restart to change them",
+        }),
+    )
 }
 
 /// `/readyz`: 200 once every upstream has a server that takes connections

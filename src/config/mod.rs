@@ -111,6 +111,9 @@ pub struct Config {
     pub log: crate::logging::LogSettings,
     /// `[admin]`: the admin endpoint, off when `None`.
     pub admin: Option<crate::admin::AdminSettings>,
+    /// `pid_file`: written at start, removed at exit; `wsedge --reload`
+    /// signals the process it names.
+    pub pid_file: Option<PathBuf>,
 }
 
 /// A listening address.
@@ -389,6 +392,7 @@ struct File {
     io_driver: IoDriver,
     #[serde(default = "yes")]
     pin: bool,
+    pid_file: Option<PathBuf>,
     #[serde(default, rename = "listener")]
     listeners: Vec<toml::Spanned<FileListener>>,
     #[serde(default, rename = "upstream")]
@@ -1092,6 +1096,7 @@ impl Config {
                 level: file.log.level.clone(),
                 access: file.log.access,
             },
+            pid_file: file.pid_file.clone(),
             admin: file.admin.as_ref().map(|a| crate::admin::AdminSettings {
                 address: a.address.0,
                 token_file: a.token_file.clone(),

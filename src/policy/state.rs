@@ -89,7 +89,8 @@ impl Shared {
 
     /// Re-reads the JWKS and key files (SIGHUP); a file that fails keeps
     /// its old keys and its error is logged.
-    pub fn reload_keys(&self, config: &Config) {
+    pub fn reload_keys(&self, config: &Config) -> Vec<String> {
+        let mut errors = Vec::new();
         for (a, state) in config.auths.iter().zip(&self.auths) {
             let done = match state {
                 AuthState::Jwt(v) => v.reload().map(|()| "keys".to_string()),
@@ -98,9 +99,13 @@ impl Shared {
             };
             match done {
                 Ok(what) => info!(auth = %a.name, "SIGHUP: reloaded {what}"),
-                Err(e) => warn!(auth = %a.name, "SIGHUP: keeping the old keys: {e}"),
+                Err(e) => {
+                    warn!(auth = %a.name, "SIGHUP: keeping the old keys: {e}");
+                    errors.push(format!("auth {:?}: {e}", a.name));
+                }
             }
         }
+        errors
     }
 
     /// Counts a connection on route `route` unless it has `max` already.
