@@ -20,6 +20,9 @@
 # `websockets`) so that the rates have two samples. Without python3
 # `websockets` it falls back to `chromium --screenshot` (rates show "…").
 #
+# With pngquant installed (Debian: apt-get install -y pngquant), the shots
+# are reduced to 256 colours (text stays sharp) to keep each under ~200 KB.
+#
 # Usage: loadtest/status-screenshot.sh
 #   WSEDGE=path/to/wsedge   (default: target/debug/wsedge, else release)
 #   WSLOAD=path/to/wsload  (WSLOAD=none: the built-in echo scene)
@@ -205,6 +208,14 @@ else
         --screenshot="$out/status.png" --window-size=1280,900 "$url" >/dev/null 2>&1
     "$chrome" --headless --no-sandbox --disable-gpu --hide-scrollbars \
         --screenshot="$out/status-phone.png" --window-size=390,844 "$url" >/dev/null 2>&1
+fi
+
+if command -v pngquant >/dev/null; then
+    # Exit 98/99: already small, or the quality floor not met: kept as shot.
+    pngquant --quality 70-95 --speed 1 --strip --skip-if-larger --force --ext .png \
+        "$out/status.png" "$out/status-phone.png" || [ $? -ge 98 ]
+else
+    echo "NOTE: no pngquant: the PNGs are kept as Chromium wrote them" >&2
 fi
 
 for f in "$out/status.png" "$out/status-phone.png"; do

@@ -370,9 +370,13 @@ async fn status_page_shows_the_servers(driver: IoDriver) {
     let b = echo_backend().await.to_string();
     let proxy = Proxy::start_config(driver, config("", &[a.clone(), b.clone()]));
     let admin = proxy.server().admin_addr().unwrap();
-    let _open = RawWs::connect(proxy.addr, &upgrade_request("/app", &[]), &[])
+    let mut open = RawWs::connect(proxy.addr, &upgrade_request("/app", &[]), &[])
         .await
         .0;
+    // One echo through: the relay runs (and is in its worker's registry).
+    open.send(&client_frame(true, 0x1, b"hi")).await;
+    assert_eq!(open.read_frame().await.payload, b"hi");
+    let client = open.stream.local_addr().unwrap().to_string();
     let r = get(admin, "/status", None).await;
     assert_eq!(r.status, 200, "{r:?}");
     assert!(
@@ -387,6 +391,24 @@ async fn status_page_shows_the_servers(driver: IoDriver) {
     assert!(page.contains(&a) && page.contains(&b), "{page}");
     assert!(page.contains(">UP<"), "{page}");
     assert!(!page.contains(">DRAINING<"), "{page}");
+    // The route's open connection, and the client among the longest-lived.
+    assert!(
+        page.contains(r#"<tr data-p="routes.0">"#)
+            && page.contains(
+                r#"<td class="n" data-v=".active">1</td><td class="n" data-v=".upgraded">1</td>"#
+            ),
+        "{page}"
+    );
+    let longest = page
+        .split(r#"<tbody id="longest">"#)
+        .nth(1)
+        .and_then(|t| t.split("</tbody>").next())
+        .unwrap_or_else(|| panic!("no longest-lived table in:\n{page}"));
+    assert!(
+        longest.contains(&format!("<code>{client}</code>")),
+        "{longest}"
+    );
+    assert!(longest.starts_with("<tr><td><code>127.0.0.1:"), "{longest}");
 
     let r = request(admin, "POST", &format!("/api/servers/u/{a}/drain"), None).await;
     assert_eq!(r.status, 200, "{r:?}");
@@ -418,6 +440,10 @@ async fn status_page_shows_the_servers(driver: IoDriver) {
     }
     assert!(v["refused_by"]["ip_handshake_rate"].is_u64(), "{v}");
     assert_eq!(v["routes"][0]["upstream"], "u");
+    assert_eq!(v["routes"][0]["active"], 1, "{v}");
+    assert_eq!(v["routes"][0]["upgraded"], 1, "{v}");
+    assert_eq!(v["longest"][0]["client"], client.as_str(), "{v}");
+    assert_eq!(v["busiest"][0]["client"], client.as_str(), "{v}");
     let u = &v["upstreams"][0];
     assert_eq!(
         (u["upstream"].as_str(), u["state"].as_str()),

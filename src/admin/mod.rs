@@ -219,7 +219,10 @@ fn route(view: &AdminView, auth: &Auth, req: &Request) -> Response {
             body: metrics::render(view).into_bytes(),
         },
         ("GET", ["status"]) => Response::html(status::render(view)),
-        ("GET", ["api", "status"]) => Response::json(200, &status::snapshot(view)),
+        ("GET", ["api", "status"]) => Response::json(
+            200,
+            &status::snapshot_of(view, req.query("connections") != Some("0")),
+        ),
         ("GET", ["api", "config"]) => Response::json(200, &config_json(&view.config)),
         ("GET", ["api", "servers"]) => Response::json(200, &servers_json(view)),
         ("GET", ["api", "connections"]) => connections::list(view, req),

@@ -8,11 +8,13 @@
 //! totals; the snapshot carries the server's monotonic clock). Nothing is
 //! loaded from elsewhere: the CSS and the script are inline.
 //!
-//! What the data has today: process-wide counters (summed over workers)
-//! and each server's shared slot (state, active, pending, failures,
-//! ejections). Figures wsedge does not collect yet (per route, per
-//! connection, messages, the time of the last health check) are shown as
-//! "—" with a footnote, never made up.
+//! What the data has: process-wide counters and each route's counters
+//! (summed over workers; a route's messages and bytes are added when its
+//! connections end), each server's shared slot (state, active, pending,
+//! failures, ejections), and the live connection list (asked of every
+//! worker, as `GET /api/connections` does). Figures wsedge does not collect
+//! (per-server totals and rates, errors per route, the time of the last
+//! health check) are shown as "—" with a footnote, never made up.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -21,16 +23,18 @@ use serde::Serialize;
 
 use super::{AdminView, state_word};
 use crate::config::{Balance, HealthKind};
+use crate::control::ConnRow;
 use crate::policy::refusal::Reason;
 
-/// Figures the page has a place for but wsedge does not collect yet.
+/// Figures the page has a place for but wsedge does not collect.
 const NOT_COLLECTED: &[&str] = &[
-    "messages",
-    "per-route connections, handshakes and bytes",
-    "per-server totals, handshakes and bytes",
-    "longest-lived and busiest connections",
+    "per-server totals, handshakes, messages and bytes",
+    "errors per route",
     "time of the last health check",
 ];
+
+/// Rows in each of the longest-lived and busiest tables.
+const TOP: usize = 5;
 
 /// One look at everything the page shows.
 #[derive(Debug, Serialize)]
@@ -51,10 +55,18 @@ struct Snapshot {
     refused_by: BTreeMap<&'static str, u64>,
     /// The sum of the policy's reasons in `refused_by`.
     policy_refusals: u64,
+    /// Data messages over all routes: `[from clients, from backends]`
+    /// (added when each connection ends).
+    messages: [u64; 2],
     /// Servers over all upstreams, by state.
     servers: ServerCount,
     routes: Vec<RouteRow>,
     upstreams: Vec<UpstreamRow>,
+    /// The open connections that have lived longest, the oldest first.
+    longest: Vec<ConnView>,
+    /// The open connections that moved the most bytes (both ways), the
+    /// busiest first.
+    busiest: Vec<ConnView>,
     not_collected: &'static [&'static str],
 }
 
@@ -76,6 +88,53 @@ struct RouteRow {
     fallback: Option<String>,
     /// The state of its upstream: `UP` while a server takes connections.
     state: &'static str,
+    /// Open now: `upgraded - ended` (0 if the two reads cross).
+    active: u64,
+    /// Handshakes that got a 101.
+    upgraded: u64,
+    /// Its connections that ended.
+    ended: u64,
+    /// Data messages `[from clients, from backends]`, of ended connections.
+    messages: [u64; 2],
+    /// Bytes `[from clients, from backends]`, of ended connections.
+    bytes: [u64; 2],
+}
+
+/// One open connection (a row of `GET /api/connections`).
+#[derive(Debug, Serialize)]
+struct ConnView {
+    id: String,
+    client: String,
+    route: String,
+    server: String,
+    age_ms: u64,
+    /// `[from the client, from the backend]`, so far.
+    messages: [u64; 2],
+    /// `[from the client, from the backend]`, so far.
+    bytes: [u64; 2],
+}
+
+impl From<&ConnRow> for ConnView {
+    fn from(r: &ConnRow) -> ConnView {
+        ConnView {
+            id: r.id.clone(),
+            client: r.client.to_string(),
+            route: r.route.clone(),
+            server: r.server.clone(),
+            age_ms: r.age_ms,
+            messages: [r.messages_from_client, r.messages_from_backend],
+            bytes: [r.from_client, r.from_backend],
+        }
+    }
+}
+
+/// The [`TOP`] longest-lived and the [`TOP`] busiest of `rows`.
+fn top(mut rows: Vec<ConnRow>) -> (Vec<ConnView>, Vec<ConnView>) {
+    rows.sort_by_key(|r| std::cmp::Reverse(r.age_ms));
+    let longest = rows.iter().take(TOP).map(ConnView::from).collect();
+    rows.sort_by_key(|r| std::cmp::Reverse(r.from_client.saturating_add(r.from_backend)));
+    let busiest = rows.iter().take(TOP).map(ConnView::from).collect();
+    (longest, busiest)
 }
 
 #[derive(Debug, Serialize)]
@@ -115,7 +174,7 @@ struct ServerRow {
     ejected_for_ms: u64,
 }
 
-fn gather(view: &AdminView) -> Snapshot {
+fn gather(view: &AdminView, with_connections: bool) -> Snapshot {
     let now = crate::fleet::now_ms();
     let time_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -201,19 +260,44 @@ fn gather(view: &AdminView) -> Snapshot {
             }
         }
     }
-    let routes = view
+    let routes: Vec<RouteRow> = view
         .config
         .routes
         .iter()
-        .map(|r| RouteRow {
-            label: r.label.clone(),
-            upstream: view.config.upstreams[r.upstream].name.clone(),
-            fallback: r
-                .fallback_upstream
-                .map(|i| view.config.upstreams[i].name.clone()),
-            state: upstreams.get(r.upstream).map_or("DOWN", |u| u.state),
+        .enumerate()
+        .map(|(i, r)| {
+            let sum = |f: &dyn Fn(&crate::stats::RouteStats) -> u64| -> u64 {
+                view.stats
+                    .iter()
+                    .filter_map(|w| w.ws.routes.get(i))
+                    .map(f)
+                    .sum()
+            };
+            let upgraded = sum(&|x| x.upgraded.get());
+            let ended = sum(&|x| x.ended.get());
+            RouteRow {
+                label: r.label.clone(),
+                upstream: view.config.upstreams[r.upstream].name.clone(),
+                fallback: r
+                    .fallback_upstream
+                    .map(|i| view.config.upstreams[i].name.clone()),
+                state: upstreams.get(r.upstream).map_or("DOWN", |u| u.state),
+                active: upgraded.saturating_sub(ended),
+                upgraded,
+                ended,
+                messages: [0, 1].map(|l| sum(&|x| x.messages[l].get())),
+                bytes: [0, 1].map(|l| sum(&|x| x.bytes[l].get())),
+            }
         })
         .collect();
+    let messages = [0, 1].map(|l| routes.iter().map(|r| r.messages[l]).sum());
+    // The connection tables ask every worker for its list (each wakes all
+    // its relays): the page asks for them every fifth poll only.
+    let (longest, busiest) = if with_connections {
+        top(super::connections::gather(view))
+    } else {
+        (Vec::new(), Vec::new())
+    };
     Snapshot {
         version: env!("CARGO_PKG_VERSION"),
         time_ms,
@@ -223,22 +307,31 @@ fn gather(view: &AdminView) -> Snapshot {
         counters,
         refused_by,
         policy_refusals,
+        messages,
         servers,
         routes,
         upstreams,
+        longest,
+        busiest,
         not_collected: NOT_COLLECTED,
     }
 }
 
-/// `GET /api/status`: counters, routes, upstreams and servers, with the
-/// server's clocks (`time_ms`, wall; `clock_ms`, monotonic, for rates).
-pub fn snapshot(view: &AdminView) -> serde_json::Value {
-    serde_json::to_value(gather(view)).unwrap_or_default()
+/// `GET /api/status`: counters, routes, upstreams and servers, and, unless
+/// `with_connections` is off (`?connections=0`), the longest-lived and
+/// busiest connections (asking every worker for its list).
+pub fn snapshot_of(view: &AdminView, with_connections: bool) -> serde_json::Value {
+    let mut v = serde_json::to_value(gather(view, with_connections)).unwrap_or_default();
+    if !with_connections && let Some(o) = v.as_object_mut() {
+        o.remove("longest");
+        o.remove("busiest");
+    }
+    v
 }
 
 /// `GET /status`: the page, as of now.
 pub fn render(view: &AdminView) -> String {
-    page(&gather(view))
+    page(&gather(view, true))
 }
 
 /// `s` safe inside HTML text and quoted attribute values.
@@ -298,10 +391,13 @@ fn duration(ms: u64) -> String {
     }
 }
 
-/// A placeholder for a figure not collected yet (footnote 1).
-const NA: &str = r#"<td class="n na" title="not collected yet">—<sup>1</sup></td>"#;
-/// The same in a text column.
-const NA_TEXT: &str = r#"<td class="na" title="not collected yet">—<sup>1</sup></td>"#;
+/// A placeholder for a per-server figure wsedge does not collect
+/// (footnote 1).
+const NA: &str = r#"<td class="n na" title="not collected per server">—<sup>1</sup></td>"#;
+/// A route's errors: protocol errors are counted for the process only.
+const NO_ROUTE_ERRORS: &str = r#"<td class="n na" title="not counted per route: see the Protocol errors tile">—<sup>1</sup></td>"#;
+/// The connection tables when nothing is open (the script's `NONE`).
+const NO_CONNECTIONS: &str = r#"<tr><td class="sub" colspan="6">no open connections</td></tr>"#;
 fn badge(state: &str, path: &str) -> String {
     format!(
         r#"<span class="st st-{}" data-v="{path}" data-f="state">{state}</span>"#,
@@ -401,9 +497,13 @@ fn page(s: &Snapshot) -> String {
             ),
         ),
         (
-            "Messages/s in / out",
-            r#"<span class="na">—<sup>1</sup></span>"#.into(),
-            "not counted yet".into(),
+            "Messages/s in / out<sup>2</sup>",
+            r#"<span data-v="messages.0" data-f="rate">…</span> / <span data-v="messages.1" data-f="rate">…</span>"#.into(),
+            format!(
+                r#"<span data-v="messages.0">{}</span> / <span data-v="messages.1">{}</span> total"#,
+                count(s.messages[0]),
+                count(s.messages[1])
+            ),
         ),
     ];
     h.push_str(r#"<section><h2>Proxy</h2><div class="tiles">"#);
@@ -417,7 +517,7 @@ fn page(s: &Snapshot) -> String {
 
     // Routes.
     h.push_str(
-        r#"<section><h2>Routes</h2><div class="scroll"><table><thead><tr><th>Route</th><th>Upstream</th><th>State</th><th class="n">Active</th><th class="n">Total</th><th class="n">Handshakes/s</th><th class="n">Msgs/s in / out</th><th class="n">Bytes/s in / out</th><th class="n">Errors</th></tr></thead><tbody>"#,
+        r#"<section><h2>Routes</h2><div class="scroll"><table><thead><tr><th>Route</th><th>Upstream</th><th>State</th><th class="n">Active</th><th class="n">Total</th><th class="n">Handshakes/s</th><th class="n">Msgs/s in / out<sup>2</sup></th><th class="n">Bytes/s in / out<sup>2</sup></th><th class="n">Errors</th></tr></thead><tbody>"#,
     );
     for (i, r) in s.routes.iter().enumerate() {
         let upstream = match &r.fallback {
@@ -430,9 +530,11 @@ fn page(s: &Snapshot) -> String {
         };
         let _ = write!(
             h,
-            r#"<tr><td><code>{}</code></td><td>{upstream}</td><td>{}</td>{NA}{NA}{NA}{NA}{NA}{NA}</tr>"#,
+            r#"<tr data-p="routes.{i}"><td><code>{}</code></td><td>{upstream}</td><td>{}</td><td class="n" data-v=".active">{}</td><td class="n" data-v=".upgraded">{}</td><td class="n"><span data-v=".upgraded" data-f="rate">…</span></td><td class="n"><span data-v=".messages.0" data-f="rate">…</span> / <span data-v=".messages.1" data-f="rate">…</span></td><td class="n"><span data-v=".bytes.0" data-f="brate">…</span> / <span data-v=".bytes.1" data-f="brate">…</span></td>{NO_ROUTE_ERRORS}</tr>"#,
             html_escape(&r.label),
-            badge(r.state, &format!("routes.{i}.state")),
+            badge(r.state, ".state"),
+            count(r.active),
+            count(r.upgraded),
         );
     }
     h.push_str("</tbody></table></div></section>\n");
@@ -485,13 +587,35 @@ fn page(s: &Snapshot) -> String {
     }
     h.push_str("</table></div></section>\n");
 
-    // Connections: not collected yet.
+    // The open connections: the longest-lived and the busiest, side by
+    // side where both fit whole (`.pair`), else one above the other.
     h.push_str(r#"<section><h2>Connections</h2><div class="pair">"#);
-    for title in ["Longest-lived", "Busiest"] {
+    for (id, title, rows) in [
+        ("longest", "Longest-lived", &s.longest),
+        ("busiest", "Busiest", &s.busiest),
+    ] {
         let _ = write!(
             h,
-            r#"<div class="scroll"><table><caption>{title}</caption><thead><tr><th>Client</th><th>Route</th><th>Server</th><th class="n">Age</th><th class="n">Msgs in / out</th><th class="n">Bytes in / out</th></tr></thead><tbody><tr>{NA_TEXT}{NA_TEXT}{NA_TEXT}{NA}{NA}{NA}</tr></tbody></table></div>"#
+            r#"<div class="scroll"><table><caption>{title}</caption><thead><tr><th>Client</th><th>Route</th><th>Server</th><th class="n">Age</th><th class="n">Msgs in / out</th><th class="n">Bytes in / out</th></tr></thead><tbody id="{id}">"#
         );
+        for r in rows.iter() {
+            let _ = write!(
+                h,
+                r#"<tr><td><code>{}</code></td><td><code>{}</code></td><td><code>{}</code></td><td class="n">{}</td><td class="n">{} / {}</td><td class="n">{} / {}</td></tr>"#,
+                html_escape(&r.client),
+                html_escape(&r.route),
+                html_escape(&r.server),
+                duration(r.age_ms),
+                count(r.messages[0]),
+                count(r.messages[1]),
+                bytes(r.bytes[0]),
+                bytes(r.bytes[1]),
+            );
+        }
+        if rows.is_empty() {
+            h.push_str(NO_CONNECTIONS);
+        }
+        h.push_str("</tbody></table></div>");
     }
     h.push_str("</div></section>\n");
 
@@ -568,8 +692,8 @@ fn page(s: &Snapshot) -> String {
     let _ = write!(
         h,
         r#"<footer><ol>
-<li>Not collected yet: per-connection figures come with the connections API (messages; per-route and per-server totals, handshakes and bytes; the longest-lived and busiest connections).</li>
-<li>Bytes are added when a connection ends, so with long-lived connections these rates move in steps.</li>{health_note}
+<li>Not collected: per-server totals, handshakes, messages and bytes (a server keeps only its open and pending connections, failures and ejections); errors per route (protocol errors are counted for the whole process, in the Protocol errors tile).</li>
+<li>Counted when connections end: messages and bytes are added as each connection ends, so with long-lived connections these rates move in steps. A route's Active and Total, and the connection tables, are live.</li>{health_note}
 </ol><p>Rates are computed in the page from two snapshots of <a href="api/status">/api/status</a>, polled every 2 s. Also: <a href="metrics">/metrics</a>, <a href="api/servers">/api/servers</a>.</p></footer>
 </main>"#,
     );
@@ -604,7 +728,7 @@ thead th{font-size:12px;color:var(--mut);font-weight:600;background:var(--alt)}
 tbody tr:last-child>*{border-bottom:0}
 tbody+tbody{border-top:2px solid var(--line)}
 .n{text-align:right;font-variant-numeric:tabular-nums}
-.na,.sub{color:var(--mut)}.na sup,h2 sup,.k sup{font-size:9px}
+.na,.sub{color:var(--mut)}.na sup,h2 sup,.k sup,th sup{font-size:9px}
 .up-row{background:var(--alt)}.up-row th{font-weight:600}
 .srv td:first-child{padding-left:22px;border-left:4px solid transparent}
 .s-up td:first-child{border-left-color:var(--up)}.s-down td:first-child{border-left-color:var(--down)}
@@ -617,7 +741,7 @@ tbody+tbody{border-top:2px solid var(--line)}
 .st-ejected{color:var(--ej);background:var(--ej-bg);border:1px solid var(--ej)}
 .tag{font-size:11px;color:var(--mut);border:1px solid var(--line);border-radius:4px;padding:0 4px;font-weight:400}
 code{font:12.5px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
-.pair{display:grid;grid-template-columns:repeat(auto-fit,minmax(320px,1fr));gap:8px}
+.pair{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,660px),1fr));gap:8px}
 .trio{display:grid;grid-template-columns:repeat(auto-fit,minmax(260px,1fr));gap:8px;align-items:start}
 .kv th{font-weight:400}.kv tr.z>*{color:var(--mut)}
 footer{color:var(--mut);font-size:12px;margin:20px 0 24px}footer ol{padding-left:18px;margin:0 0 6px}
@@ -642,6 +766,15 @@ function get(o,p){return p.split('.').reduce(function(a,k){return a==null?a:a[k]
 function path(el){var p=el.getAttribute('data-v');if(p.charAt(0)!=='.')return p;
  var c=el.parentElement.closest('[data-p]');return c?c.getAttribute('data-p')+p:p.slice(1);}
 function set(el,t){if(el.textContent!==t)el.textContent=t;}
+function td(t,code,cls){var c=document.createElement('td');if(cls)c.className=cls;
+ if(code){var k=document.createElement('code');k.textContent=t;c.appendChild(k);}else c.textContent=t;return c;}
+function conns(id,list){var tb=document.getElementById(id);if(!tb||!list)return;
+ var rows=list.map(function(c){var tr=document.createElement('tr');
+  [td(c.client,1),td(c.route,1),td(c.server,1),td(dur(c.age_ms),0,'n'),
+   td(num(c.messages[0])+' / '+num(c.messages[1]),0,'n'),td(bytes(c.bytes[0])+' / '+bytes(c.bytes[1]),0,'n')]
+  .forEach(function(c){tr.appendChild(c);});return tr;});
+ if(!rows.length){var tr=document.createElement('tr'),c=td('no open connections',0,'sub');c.colSpan=6;tr.appendChild(c);rows=[tr];}
+ tb.replaceChildren.apply(tb,rows);}
 function apply(s){
  var rows=document.querySelectorAll('tr[data-addr]');
  for(var i=0;i<rows.length;i++){if(get(s,rows[i].getAttribute('data-p')+'.server')!==rows[i].getAttribute('data-addr')){location.reload();return;}}
@@ -658,13 +791,15 @@ function apply(s){
    var tr=el.closest('tr.srv');if(tr)tr.className='srv s-'+v.toLowerCase();}
   else{set(el,typeof v==='number'?num(v):String(v));
    if(el.hasAttribute('data-z'))el.parentElement.classList.toggle('z',v===0);}});
+ conns('longest',s.longest);conns('busiest',s.busiest);
  document.getElementById('draining').hidden=!s.draining;
  prev=s;okAt=new Date(s.time_ms);
  var live=document.getElementById('live');live.className='';
  set(live,'live, every 2 s · '+okAt.toLocaleTimeString());}
 function fail(e){var live=document.getElementById('live');live.className='stale';
  set(live,'stale'+(okAt?' since '+okAt.toLocaleTimeString():'')+': '+(e&&e.message||e));}
-function tick(){fetch(url,{cache:'no-store',credentials:'same-origin'})
+var polls=0;
+function tick(){fetch(url+(polls++%5?'?connections=0':''),{cache:'no-store',credentials:'same-origin'})
  .then(function(r){if(!r.ok)throw new Error('HTTP '+r.status+(r.status===401?' (the page needs read_open = true with a token)':''));return r.json();})
  .then(apply,fail).then(function(){setTimeout(tick,2000);});}
 var at=document.getElementById('at');at.textContent=new Date(+at.getAttribute('data-ms')).toLocaleTimeString();
@@ -676,7 +811,7 @@ tick();
 mod tests {
     use super::*;
 
-    fn snapshot_with(label: &str, server: &str) -> Snapshot {
+    fn snapshot_with(label: &str, server: &str, client: &str) -> Snapshot {
         Snapshot {
             version: "0",
             time_ms: 1,
@@ -688,12 +823,18 @@ mod tests {
                 .collect(),
             refused_by: BTreeMap::new(),
             policy_refusals: 0,
+            messages: [10, 20],
             servers: ServerCount::default(),
             routes: vec![RouteRow {
                 label: label.into(),
                 upstream: "u<".into(),
                 fallback: None,
                 state: "UP",
+                active: 3,
+                upgraded: 7,
+                ended: 4,
+                messages: [10, 20],
+                bytes: [1000, 2000],
             }],
             upstreams: vec![UpstreamRow {
                 upstream: "u<".into(),
@@ -715,6 +856,16 @@ mod tests {
                     ejected_for_ms: 0,
                 }],
             }],
+            longest: vec![ConnView {
+                id: "0-1-2".into(),
+                client: client.into(),
+                route: label.into(),
+                server: server.into(),
+                age_ms: 125_000,
+                messages: [4, 5],
+                bytes: [45_600, 7],
+            }],
+            busiest: Vec::new(),
             not_collected: NOT_COLLECTED,
         }
     }
@@ -728,16 +879,22 @@ mod tests {
         let page = page(&snapshot_with(
             "path=/<script>alert(1)</script>",
             "a\"><img src=x>",
+            "<b>",
         ));
         assert!(!page.contains("<script>alert"), "{page}");
         assert!(!page.contains("<img"), "{page}");
+        assert!(!page.contains("<b>"), "{page}");
         assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(page.contains("u&lt;"));
     }
 
     #[test]
     fn the_page_is_self_contained() {
-        let page = page(&snapshot_with("path=/app", "10.0.0.1:9000"));
+        let page = page(&snapshot_with(
+            "path=/app",
+            "10.0.0.1:9000",
+            "10.1.1.1:5000",
+        ));
         assert!(page.starts_with("<!doctype html>"));
         assert!(page.contains(r#"name="viewport""#));
         for external in [
@@ -754,8 +911,46 @@ mod tests {
         assert!(page.contains(r#"class="st st-draining""#));
         assert!(page.contains("1.23 MB"), "bytes as SI");
         assert!(page.contains("up <span data-v=\"clock_ms\" data-f=\"dur\">1m 1s</span>"));
+        // A route's live figures, and the connection tables.
+        assert!(page.contains(
+            r#"<td class="n" data-v=".active">3</td><td class="n" data-v=".upgraded">7</td>"#
+        ));
+        assert!(page.contains(
+            r#"<span data-v="messages.0">10</span> / <span data-v="messages.1">20</span> total"#
+        ));
+        let longest = page.split(r#"<tbody id="longest">"#).nth(1).unwrap();
+        let longest = &longest[..longest.find("</tbody>").unwrap()];
+        assert!(longest.contains("<code>10.1.1.1:5000</code>"), "{longest}");
+        assert!(longest.contains(r#"<td class="n">2m 5s</td><td class="n">4 / 5</td><td class="n">45.6 kB / 7 B</td>"#), "{longest}");
+        let busiest = page.split(r#"<tbody id="busiest">"#).nth(1).unwrap();
+        assert!(busiest.starts_with(NO_CONNECTIONS), "{busiest}");
         // Without JavaScript it still refreshes.
         assert!(page.contains(r#"<noscript><meta http-equiv="refresh""#));
+    }
+
+    #[test]
+    fn the_top_connections_by_age_and_by_bytes() {
+        let row = |n: u64, age_ms: u64, from_client: u64| ConnRow {
+            id: format!("0-{n}-1"),
+            client: std::net::SocketAddr::from(([10, 0, 0, 1], 1000 + n as u16)),
+            route: "path=/app".into(),
+            upstream: "u".into(),
+            server: "10.0.0.9:9000".into(),
+            identity: None,
+            age_ms,
+            from_client,
+            from_backend: n,
+            messages_from_client: 0,
+            messages_from_backend: 0,
+        };
+        let rows: Vec<ConnRow> = (0..8).map(|n| row(n, n * 1000, 800 - n * 100)).collect();
+        let (longest, busiest) = top(rows);
+        let ids = |v: &[ConnView]| v.iter().map(|c| c.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&longest), ["0-7-1", "0-6-1", "0-5-1", "0-4-1", "0-3-1"]);
+        assert_eq!(ids(&busiest), ["0-0-1", "0-1-1", "0-2-1", "0-3-1", "0-4-1"]);
+        assert_eq!(busiest[1].bytes, [700, 1]);
+        assert_eq!(busiest[1].client, "10.0.0.1:1001");
+        assert_eq!(top(Vec::new()).0.len(), 0);
     }
 
     #[test]
@@ -782,9 +977,16 @@ mod tests {
         let config = std::sync::Arc::new(crate::config::Config::parse(text, "t.toml").unwrap());
         let fleet = std::sync::Arc::new(crate::fleet::Fleet::new(&config));
         let stats: Vec<_> = (0..2)
-            .map(|_| std::sync::Arc::new(crate::stats::Stats::default()))
+            .map(|_| std::sync::Arc::new(crate::stats::Stats::new(1, 1)))
             .collect();
         stats[0].upgraded.add(5);
+        for (w, (up, ended, msgs)) in [(5, 2, 30), (2, 1, 12)].into_iter().enumerate() {
+            let r = &stats[w].ws.routes[0];
+            r.upgraded.add(up);
+            r.ended.add(ended);
+            r.messages[1].add(msgs);
+            r.bytes[0].add(100);
+        }
         stats[1].upgraded.add(2);
         stats[1].refused.add(3);
         stats[1].refused_by[Reason::IpRate.index()].add(1);
@@ -794,9 +996,10 @@ mod tests {
             fleet: std::sync::Arc::clone(&fleet),
             draining: Default::default(),
             control: Vec::new(),
+            reload: None,
         };
         fleet.upstreams[0].drain("127.0.0.1:9002", 0).unwrap();
-        let v = snapshot(&view);
+        let v = snapshot_of(&view, true);
         assert_eq!(v["counters"]["upgraded"], 7);
         assert_eq!(v["refused_by"]["ip_handshake_rate"], 1);
         assert_eq!(v["refused_by"]["other"], 2);
@@ -806,6 +1009,12 @@ mod tests {
         assert_eq!(v["servers"]["eligible"], 1);
         assert!(v["counters"].get("ip_handshake_rate").is_none());
         assert_eq!(v["routes"][0]["match"], view.config.routes[0].label);
+        assert_eq!(v["routes"][0]["upgraded"], 7);
+        assert_eq!(v["routes"][0]["active"], 4);
+        assert_eq!(v["routes"][0]["messages"], serde_json::json!([0, 42]));
+        assert_eq!(v["routes"][0]["bytes"], serde_json::json!([200, 0]));
+        assert_eq!(v["messages"], serde_json::json!([0, 42]));
+        assert_eq!(v["longest"], serde_json::json!([]), "no workers to ask");
         assert_eq!(v["upstreams"][0]["state"], "UP");
         assert_eq!(v["upstreams"][0]["up"], 1);
         assert_eq!(v["upstreams"][0]["servers"][1]["state"], "DRAINING");
