@@ -2,14 +2,14 @@
 # Builds every fuzz target (stable toolchain, no sanitizer) and runs each for
 # a few seconds from its committed seeds. Called from CI; see docs/fuzzing.md.
 #
-#   FUZZ_SECONDS  seconds per target (default 5)
+#   FUZZ_SECONDS  seconds per target (default 3)
 #
 # Exits non-zero if a target fails to build or a run finds a crash; the
 # crashing input is left in fuzz/artifacts/<target>/.
 set -euo pipefail
 
 cd "$(dirname "$0")"
-seconds="${FUZZ_SECONDS:-5}"
+seconds="${FUZZ_SECONDS:-3}"
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "ci.sh: installing cargo-fuzz" >&2
