@@ -613,6 +613,7 @@ async fn start(
         );
         ctx.stats.refused_by[refusal.reason.index()].inc();
         ctx.stats.refused.inc();
+        ctx.stats.refused_with(503);
         log_refusal(&ctx, peer, Some(503), refusal.reason.label(), || {
             refusal.to_string()
         });
@@ -810,6 +811,7 @@ async fn refuse<T: Transport>(ctx: &WorkerCtx, client: &mut T, peer: SocketAddr,
         return;
     };
     ctx.stats.refused.inc();
+    ctx.stats.refused_with(status);
     let label = match &error.cause {
         Cause::Policy(r) => {
             ctx.stats.refused_by[r.reason.index()].inc();

@@ -77,6 +77,25 @@ pub struct Stats {
     pub tid: std::sync::atomic::AtomicU32,
     /// WebSocket-level counters and histograms.
     pub ws: WsStats,
+    /// Handshakes answered with an HTTP error, by status ([`STATUSES`]).
+    pub refused_status: [Counter; STATUSES.len() + 1],
+}
+
+/// The statuses counted one by one in [`Stats::refused_status`]; the last
+/// slot holds the others.
+pub const STATUSES: [u16; 13] = [
+    400, 401, 403, 404, 405, 408, 426, 429, 431, 500, 502, 503, 504,
+];
+
+impl Stats {
+    /// Counts a handshake answered with `status`.
+    pub fn refused_with(&self, status: u16) {
+        let i = STATUSES
+            .iter()
+            .position(|&s| s == status)
+            .unwrap_or(STATUSES.len());
+        self.refused_status[i].inc();
+    }
 }
 
 impl Stats {

@@ -413,6 +413,7 @@ async fn accept_loop(
                     crate::sys::refuse_one_without_fds(listener.as_raw_fd(), &mut reserve, &answer);
                 if answered {
                     ctx.stats.refused.inc();
+                    ctx.stats.refused_with(503);
                 }
                 let now_s = crate::fleet::now_ms() / 1000;
                 let d = ctx.policy.log.admit("out_of_fds", now_s);

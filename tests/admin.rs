@@ -81,6 +81,7 @@ async fn probes_and_metrics_move_with_traffic(driver: IoDriver) {
         sample(&text, "wsedge_handshakes_total{outcome=\"refused_other\"}"),
         1.0
     );
+    assert_eq!(sample(&text, "wsedge_refusals_total{status=\"404\"}"), 1.0);
     assert_eq!(sample(&text, "wsedge_connections_accepted_total"), 4.0);
     let active = format!("wsedge_server_active_connections{{upstream=\"u\",server=\"{backend}\"}}");
     assert_eq!(sample(&text, &active), 3.0);

@@ -97,6 +97,20 @@ pub fn render(view: &AdminView) -> String {
         refused.saturating_sub(by_reason),
     );
     o.family(
+        "wsedge_refusals_total",
+        "counter",
+        "Handshakes answered with an HTTP error, by status (policy refusals included; a backend's own answer relayed counts under its status).",
+    );
+    for (i, status) in crate::stats::STATUSES
+        .iter()
+        .map(|s| s.to_string())
+        .chain(std::iter::once("other".to_string()))
+        .enumerate()
+    {
+        let n: u64 = view.stats.iter().map(|s| s.refused_status[i].get()).sum();
+        o.sample("wsedge_refusals_total", &[("status", &status)], n);
+    }
+    o.family(
         "wsedge_backend_connect_failures_total",
         "counter",
         "Handshakes that found no backend server to connect to (after retries).",
