@@ -404,10 +404,7 @@ fn servers(o: &mut Out, view: &AdminView) {
     );
     for (u, set) in view.config.upstreams.iter().zip(&sets) {
         for s in &set.slots {
-            let mut current = super::state_word(s.state());
-            if current == "EJECTED" && s.eligible(now) {
-                current = "UP";
-            }
+            let current = super::state_word(s, now);
             for state in ["UP", "DOWN", "DRAINING", "EJECTED"] {
                 o.sample(
                     "wsedge_server_state",

@@ -154,17 +154,8 @@ impl Auth {
             })
             .map(str::trim)
             .unwrap_or("");
-        ct_eq(presented.as_bytes(), token.as_bytes())
+        crate::policy::api_key::ct_eq(presented.as_bytes(), token.as_bytes())
     }
-}
-
-/// Equal, in a time that depends only on the lengths.
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
 }
 
 fn serve(listener: TcpListener, view: AdminView, auth: Arc<Auth>, stop: Arc<AtomicBool>) {
@@ -297,12 +288,16 @@ fn readyz(view: &AdminView) -> Response {
     Response::text(200, "ready\n")
 }
 
-fn state_word(s: crate::balance::server::ServerState) -> &'static str {
+/// A server's state as the API, the page and the metrics show it: an
+/// ejection whose time has passed reads as UP (the slot is only reset on
+/// its next pick).
+fn state_word(s: &crate::balance::server::ServerSlot, now_ms: u64) -> &'static str {
     use crate::balance::server::ServerState;
-    match s {
+    match s.state() {
         ServerState::Up => "UP",
         ServerState::Down => "DOWN",
         ServerState::Draining => "DRAINING",
+        ServerState::Ejected if s.eligible(now_ms) => "UP",
         ServerState::Ejected => "EJECTED",
     }
 }
@@ -320,13 +315,9 @@ fn servers_json(view: &AdminView) -> serde_json::Value {
                 .slots
                 .iter()
                 .map(|s| {
-                    let mut state = state_word(s.state());
-                    if state == "EJECTED" && s.eligible(now) {
-                        state = "UP";
-                    }
                     serde_json::json!({
                         "server": s.addr(),
-                        "state": state,
+                        "state": state_word(s, now),
                         "weight": s.weight(),
                         "backup": s.is_backup(),
                         "active": s.active(),

@@ -200,11 +200,7 @@ fn gather(view: &AdminView, with_connections: bool) -> Snapshot {
                 .slots
                 .iter()
                 .map(|s| {
-                    let eligible = s.eligible(now);
-                    let mut state = state_word(s.state());
-                    if state == "EJECTED" && eligible {
-                        state = "UP";
-                    }
+                    let state = state_word(s, now);
                     ServerRow {
                         server: s.addr().to_string(),
                         state,
