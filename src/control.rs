@@ -45,6 +45,20 @@ pub struct ConnRow {
 /// A reply channel for an operator request.
 pub type Reply<T> = std::sync::mpsc::Sender<T>;
 
+/// A reloaded configuration, for every worker.
+#[derive(Debug)]
+pub struct Reload {
+    /// What new connections start under.
+    pub generation: std::sync::Arc<crate::generation::Generation>,
+    /// New listening sockets, by worker index: `(configured address,
+    /// socket)`; each worker takes its own.
+    pub added: Mutex<Vec<Vec<(std::net::SocketAddr, std::net::TcpListener)>>>,
+    /// Configured addresses no longer listened on.
+    pub removed: Vec<std::net::SocketAddr>,
+    /// Each worker sends its index once it has switched.
+    pub reply: Reply<usize>,
+}
+
 /// What a worker can be told.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -65,6 +79,8 @@ pub enum Control {
     },
     /// Report every relayed connection.
     Connections(Reply<Vec<ConnRow>>),
+    /// Switch to a reloaded configuration.
+    Reload(Arc<Reload>),
     /// Close the connection in registry `slot` if its serial is `serial`,
     /// with `code` and `reason` on both legs; replies whether it was there.
     Close {

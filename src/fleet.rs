@@ -179,9 +179,66 @@ impl Fleet {
     }
 }
 
+impl Fleet {
+    /// The slots for `config` after a reload from `old_config`: a server
+    /// of an upstream of the same name, at the same address, with the same
+    /// weight, role and limits keeps its slot (health, ejection, counts),
+    /// and an operator's drain of it stays; any other server is new (up).
+    pub fn carry(config: &Config, old: &Fleet, old_config: &Config) -> Fleet {
+        let now = now_ms();
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                let Some(i) = old_config.upstreams.iter().position(|x| x.name == u.name) else {
+                    return state(u, now);
+                };
+                let (ou, ost) = (&old_config.upstreams[i], &old.upstreams[i]);
+                let prev = ost.current();
+                let same_limits =
+                    ou.max_connections == u.max_connections && ou.max_pending == u.max_pending;
+                let kept: Vec<usize> = prev
+                    .specs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| {
+                        same_limits
+                            && u.servers.iter().any(|n| {
+                                n.addr == s.addr && n.weight == s.weight && n.backup == s.backup
+                            })
+                    })
+                    .map(|(j, _)| j)
+                    .collect();
+                let reusable = ServerSet {
+                    specs: kept.iter().map(|&j| prev.specs[j].clone()).collect(),
+                    slots: kept.iter().map(|&j| Arc::clone(&prev.slots[j])).collect(),
+                    maglev: None,
+                    generation: prev.generation,
+                };
+                let st = state_with(u, ServerSet::build(u, u.servers.clone(), Some(&reusable), prev.generation + 1, now));
+                let set = st.current();
+                let old_drains = ost.drains.lock().unwrap_or_else(|e| e.into_inner());
+                let mut drains = st.drains.lock().unwrap_or_else(|e| e.into_inner());
+                for (key, rate) in old_drains.iter() {
+                    if set.slots.iter().any(|s| slot_key(s) == *key) {
+                        drains.insert(*key, *rate);
+                    }
+                }
+                drop(drains);
+                st
+            })
+            .collect();
+        Fleet { upstreams }
+    }
+}
+
 fn state(u: &Upstream, now: u64) -> UpstreamState {
+    state_with(u, ServerSet::build(u, u.servers.clone(), None, 0, now))
+}
+
+fn state_with(u: &Upstream, set: ServerSet) -> UpstreamState {
     UpstreamState {
-        set: ArcSwap::from_pointee(ServerSet::build(u, u.servers.clone(), None, 0, now)),
+        set: ArcSwap::from_pointee(set),
         drains: Mutex::new(HashMap::new()),
         outlier: OutlierConfig {
             eject_after: u.eject.after,

@@ -155,30 +155,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(n) = args.workers {
-        config.workers = n;
-    }
-    if let Some(d) = args.io_driver {
-        config.io_driver = d;
-    }
-    if args.no_pin {
-        config.pin = false;
-    }
-    if let Some(address) = args.admin {
-        match &mut config.admin {
-            Some(a) => a.address = address,
-            None => {
-                config.admin = Some(wsedge::admin::AdminSettings {
-                    address,
-                    token_file: None,
-                    read_open: false,
-                })
-            }
-        }
-    }
-    if let Some(f) = args.log_format {
-        config.log.format = f;
-    }
+    let overrides = Overrides {
+        workers: args.workers,
+        io_driver: args.io_driver,
+        no_pin: args.no_pin,
+        admin: args.admin,
+        log_format: args.log_format,
+    };
+    overrides.apply(&mut config);
     if let Err(e) = wsedge::logging::init(&config.log) {
         eprintln!("wsedge: {e}");
         return ExitCode::FAILURE;
@@ -189,7 +173,16 @@ fn main() -> ExitCode {
 
     wsedge::pool::set_release_hook(mimalloc_ext::release_freed_memory);
     server::block_shutdown_signals();
-    let server = match Server::start(config) {
+    // SIGHUP and POST /api/reload re-read the file, with the same flags.
+    let source = args.config.clone().map(|path| server::Source {
+        path,
+        adjust: Box::new(move |c: &mut Config| overrides.apply(c)),
+    });
+    let server = match Server::start_reloadable(
+        config,
+        std::sync::Arc::new(wsedge::config::system_resolve),
+        source,
+    ) {
         Ok(s) => s,
         Err(e) => {
             // `{:#}`: the message and its causes, `cannot listen on ADDR:
@@ -241,6 +234,45 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// What the command line overrides in the configuration file (at start
+/// and on each reload).
+struct Overrides {
+    workers: Option<usize>,
+    io_driver: Option<IoDriver>,
+    no_pin: bool,
+    admin: Option<std::net::SocketAddr>,
+    log_format: Option<wsedge::logging::LogFormat>,
+}
+
+impl Overrides {
+    fn apply(&self, config: &mut Config) {
+        if let Some(n) = self.workers {
+            config.workers = n;
+        }
+        if let Some(d) = self.io_driver {
+            config.io_driver = d;
+        }
+        if self.no_pin {
+            config.pin = false;
+        }
+        if let Some(address) = self.admin {
+            match &mut config.admin {
+                Some(a) => a.address = address,
+                None => {
+                    config.admin = Some(wsedge::admin::AdminSettings {
+                        address,
+                        token_file: None,
+                        read_open: false,
+                    })
+                }
+            }
+        }
+        if let Some(f) = self.log_format {
+            config.log.format = f;
+        }
+    }
+}
+
 /// `wsedge --reload --config FILE`: checks FILE, then sends SIGHUP to the
 /// process named by its `pid_file`.
 fn reload(path: &std::path::Path) -> ExitCode {
@@ -281,6 +313,9 @@ fn reload(path: &std::path::Path) -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    println!("wsedge: sent SIGHUP to process {pid}: certificates and auth keys are re-read");
+    println!(
+        "wsedge: sent SIGHUP to process {pid}: it reloads {} (its log says what changed; open connections keep their configuration)",
+        path.display()
+    );
     ExitCode::SUCCESS
 }

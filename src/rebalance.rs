@@ -24,12 +24,15 @@ use crate::proto::close::CloseCode;
 use crate::relay::{CloseRequest, Ending, Tag};
 use crate::worker::WorkerCtx;
 
-/// This worker's connections on server `key` of upstream `u` not yet asked
-/// to close, oldest first (registry slots).
-fn oldest_open(tagged: &[(usize, Tag)], u: usize, key: usize) -> Vec<usize> {
+/// This worker's connections on server `key` not yet asked to close,
+/// oldest first (registry slots). A server's key is its slot's (unique in
+/// the process, and kept across reloads), so connections that started
+/// under an older configuration, where the upstream's index may differ,
+/// are found too.
+fn oldest_open(tagged: &[(usize, Tag)], key: usize) -> Vec<usize> {
     let mut mine: Vec<(usize, u64)> = tagged
         .iter()
-        .filter(|(_, t)| t.upstream == u && t.server == key && !t.closing)
+        .filter(|(_, t)| t.server == key && !t.closing)
         .map(|&(slot, t)| (slot, t.since_ms))
         .collect();
     mine.sort_by_key(|&(_, since)| since);
@@ -39,7 +42,7 @@ fn oldest_open(tagged: &[(usize, Tag)], u: usize, key: usize) -> Vec<usize> {
 /// Closes this worker's share of the connections of servers an operator
 /// drains with a close rate: 1001, oldest first.
 fn close_drained(ctx: &WorkerCtx, workers: u32) {
-    for (u, st) in ctx.fleet.upstreams.iter().enumerate() {
+    for st in &ctx.current().fleet.upstreams {
         let drains = st.drains();
         if drains.is_empty() {
             continue;
@@ -49,7 +52,7 @@ fn close_drained(ctx: &WorkerCtx, workers: u32) {
             // This tick's share of the rate, spread over the workers.
             let share =
                 (f64::from(per_second) * TICK.as_secs_f64() / f64::from(workers)).ceil() as usize;
-            for slot in oldest_open(&tagged, u, key).into_iter().take(share) {
+            for slot in oldest_open(&tagged, key).into_iter().take(share) {
                 ctx.relay.shutdown.request_close(
                     slot,
                     CloseRequest {
@@ -69,8 +72,21 @@ const TICK: Duration = Duration::from_millis(250);
 /// Runs until the worker shuts down: rebalancing (for upstreams with
 /// `rebalance`) and the paced closes of drained servers.
 pub async fn run(ctx: Rc<WorkerCtx>, workers: usize) {
-    let mut planners: Vec<(usize, Planner)> = ctx
-        .config
+    let workers = workers.max(1) as u32;
+    loop {
+        // Planners for the current configuration; a reload starts over.
+        let g = ctx.current();
+        let serial = g.shared.serial;
+        let planners = planners(&g.config);
+        drop(g);
+        if plan_until_reload(&ctx, workers, serial, planners).await {
+            return;
+        }
+    }
+}
+
+fn planners(config: &crate::config::Config) -> Vec<(usize, Planner)> {
+    config
         .upstreams
         .iter()
         .enumerate()
@@ -85,16 +101,29 @@ pub async fn run(ctx: Rc<WorkerCtx>, workers: usize) {
                 }),
             ))
         })
-        .collect();
-    let workers = workers.max(1) as u32;
+        .collect()
+}
+
+/// Plans every tick until the worker shuts down (true) or the
+/// configuration generation is no longer `serial` (false).
+async fn plan_until_reload(
+    ctx: &WorkerCtx,
+    workers: u32,
+    serial: u64,
+    mut planners: Vec<(usize, Planner)>,
+) -> bool {
     loop {
         monoio::select! {
             _ = monoio::time::sleep(TICK) => {}
-            _ = ctx.relay.shutdown.fired() => return,
+            _ = ctx.relay.shutdown.fired() => return true,
         }
-        close_drained(&ctx, workers);
+        let g = ctx.current();
+        if g.shared.serial != serial {
+            return false;
+        }
+        close_drained(ctx, workers);
         for (u, planner) in &mut planners {
-            let st = &ctx.fleet.upstreams[*u];
+            let st = &g.fleet.upstreams[*u];
             let set = st.current();
             let now = now_ms();
             let loads: Vec<Load> = set
@@ -119,10 +148,10 @@ pub async fn run(ctx: Rc<WorkerCtx>, workers: usize) {
                     continue;
                 }
                 let key = slot_key(&set.slots[j]);
-                let mine = oldest_open(&tagged, *u, key);
+                let mine = oldest_open(&tagged, key);
                 let closing = tagged
                     .iter()
-                    .filter(|(_, t)| t.upstream == *u && t.server == key && t.closing)
+                    .filter(|(_, t)| t.server == key && t.closing)
                     .count() as u32;
                 let share = k.div_ceil(workers).saturating_sub(closing);
                 for &slot in mine.iter().take(share as usize) {
@@ -138,7 +167,7 @@ pub async fn run(ctx: Rc<WorkerCtx>, workers: usize) {
                 if share > 0 && !mine.is_empty() {
                     info!(
                         worker = ctx.id,
-                        upstream = %ctx.config.upstreams[*u].name,
+                        upstream = %g.config.upstreams[*u].name,
                         backend = %set.specs[j].addr,
                         closing = share.min(mine.len() as u32),
                         active = set.slots[j].active(),

@@ -3,21 +3,42 @@
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use arc_swap::ArcSwap;
 use tracing::{error, info, warn};
 
 use crate::config::system_resolve;
 use crate::config::{Config, IoDriver};
 use crate::control::{self, Control, ControlSender};
 use crate::fleet::Fleet;
-use crate::health::{self, HealthChecker};
+use crate::generation::Generation;
+use crate::health;
 use crate::listener::bind_all;
-use crate::resolve::{self, Resolver, Resolving};
+use crate::reload::{Moving, Reloaded, Reloader};
+use crate::resolve::{self, Resolver};
 use crate::stats::Stats;
 use crate::tls::setup::TlsSetup;
 use crate::worker::{self, WorkerSpec};
+
+/// Where a reload re-reads the configuration from.
+pub struct Source {
+    /// The configuration file.
+    pub path: PathBuf,
+    /// Applies what the command line overrides (`--workers`, `--admin`,
+    /// ...) to the file as re-read, as at start.
+    pub adjust: Box<dyn Fn(&mut Config) + Send + Sync>,
+}
+
+impl fmt::Debug for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Source")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Running workers (and the health checks). Stop them with
 /// [`Server::shutdown`]; dropping the server also tells the workers to stop
@@ -33,16 +54,10 @@ pub struct Server {
     pub drivers: Vec<&'static str>,
     /// Each worker's counters.
     pub stats: Vec<Arc<Stats>>,
-    tls: Arc<TlsSetup>,
-    fleet: Arc<Fleet>,
-    policy: Arc<crate::policy::state::Shared>,
-    config: Arc<Config>,
+    /// The configuration generations and reloads.
+    live: Arc<Reloader>,
     control: Vec<ControlSender>,
     threads: Vec<JoinHandle<()>>,
-    /// Stops the health checks when the server is shut down or dropped.
-    health: Option<HealthChecker>,
-    /// Stops DNS re-resolution likewise.
-    resolving: Option<Resolving>,
     /// The admin endpoint, when configured.
     admin: Option<crate::admin::Admin>,
     /// Set when shutting down: `/readyz` answers 503.
@@ -145,6 +160,16 @@ impl Server {
     /// [`Server::start`] with host names re-resolved (`resolve_interval`)
     /// by `resolver` (tests inject one).
     pub fn start_with_resolver(config: Config, resolver: Resolver) -> Result<Server, StartError> {
+        Server::start_reloadable(config, resolver, None)
+    }
+
+    /// [`Server::start_with_resolver`], with SIGHUP and `POST /api/reload`
+    /// re-reading the whole configuration from `source` ([`Server::reload`]).
+    pub fn start_reloadable(
+        config: Config,
+        resolver: Resolver,
+        source: Option<Source>,
+    ) -> Result<Server, StartError> {
         let config = Arc::new(config);
         let n = if config.workers == 0 {
             default_workers()
@@ -165,7 +190,8 @@ impl Server {
         let fleet = Arc::new(Fleet::new(&config));
         let policy = crate::policy::state::Shared::start(&config).map_err(StartError::Policy)?;
 
-        let mut per_worker: Vec<Vec<std::net::TcpListener>> = (0..n).map(|_| Vec::new()).collect();
+        let mut per_worker: Vec<Vec<(SocketAddr, std::net::TcpListener)>> =
+            (0..n).map(|_| Vec::new()).collect();
         let mut addrs = Vec::new();
         for l in &config.listeners {
             let bind_error = |source| StartError::Bind {
@@ -175,7 +201,7 @@ impl Server {
             let socks = bind_all(l.address, l.backlog, n).map_err(bind_error)?;
             addrs.push(socks[0].local_addr().map_err(bind_error)?);
             for (w, s) in socks.into_iter().enumerate() {
-                per_worker[w].push(s);
+                per_worker[w].push((l.address, s));
             }
         }
         let mut echo: Vec<Option<std::net::TcpListener>> = (0..n).map(|_| None).collect();
@@ -195,11 +221,20 @@ impl Server {
         let mut threads = Vec::new();
         let mut drivers = Vec::new();
         let mut stats = Vec::new();
+        let generation = Arc::new(Generation::new(
+            1,
+            Arc::clone(&config),
+            Arc::clone(&tls),
+            Arc::clone(&fleet),
+            Arc::clone(&policy),
+            n,
+            None,
+        ));
         for (id, (listeners, echo)) in per_worker.into_iter().zip(echo).enumerate() {
             let (tx, rx) = std::sync::mpsc::channel();
             let (sender, receiver) = control::channel();
             senders.push(sender);
-            let s = Arc::new(Stats::new(config.routes.len(), config.upstreams.len()));
+            let s = Arc::new(Stats::default());
             stats.push(Arc::clone(&s));
             let spec = WorkerSpec {
                 id,
@@ -210,10 +245,7 @@ impl Server {
                 },
                 listeners,
                 echo,
-                config: Arc::clone(&config),
-                tls: Arc::clone(&tls),
-                fleet: Arc::clone(&fleet),
-                policy: Arc::clone(&policy),
+                generation: Arc::clone(&generation),
                 workers: n,
                 stats: s,
                 control: receiver,
@@ -240,23 +272,32 @@ impl Server {
             }
         }
         let health = health::spawn(Arc::clone(&config), Arc::clone(&fleet), &tls);
-        let resolving = resolve::spawn(Arc::clone(&config), Arc::clone(&fleet), resolver);
+        let resolving = resolve::spawn(Arc::clone(&config), Arc::clone(&fleet), resolver.clone());
+        let live = Arc::new(Reloader {
+            current: ArcSwap::new(Arc::clone(&generation)),
+            source,
+            workers: n,
+            control: senders.clone(),
+            moving: Mutex::new(Moving {
+                health,
+                resolving,
+                resolver,
+                bound: config.listeners.iter().map(|l| l.address).collect(),
+                echo: echo_addr.is_some(),
+            }),
+        });
+        drop(generation);
         let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let admin = match &config.admin {
             Some(settings) => Some(
                 crate::admin::spawn(
                     settings,
-                    crate::admin::AdminView {
-                        config: Arc::clone(&config),
-                        stats: stats.clone(),
-                        fleet: Arc::clone(&fleet),
-                        draining: Arc::clone(&draining),
-                        control: senders.clone(),
-                        reload: Some(crate::admin::Reload {
-                            tls: Arc::clone(&tls),
-                            policy: Arc::clone(&policy),
-                        }),
-                    },
+                    crate::admin::AdminView::new(
+                        Arc::clone(&live),
+                        stats.clone(),
+                        Arc::clone(&draining),
+                        senders.clone(),
+                    ),
                 )
                 .map_err(|source| StartError::Bind {
                     address: settings.address,
@@ -270,14 +311,9 @@ impl Server {
             echo_addr,
             drivers,
             stats,
-            tls,
-            fleet,
-            policy,
-            config: Arc::clone(&config),
+            live,
             control: senders,
             threads,
-            health,
-            resolving,
             admin,
             draining,
         })
@@ -289,7 +325,7 @@ impl Server {
     /// `timeouts.drain_period`; what is left then gets the
     /// `timeouts.shutdown_grace` of [`Server::shutdown`].
     pub fn drain_and_shutdown(self) {
-        let t = self.config.timeouts;
+        let t = self.live.current().config.timeouts;
         info!(
             delay = ?t.drain_delay,
             period = ?t.drain_period,
@@ -322,49 +358,58 @@ impl Server {
             let _ = t.join();
         }
         drop(self.admin.take());
-        self.policy.stop();
-        if let Some(h) = self.health.take() {
-            h.stop();
-        }
-        if let Some(mut r) = self.resolving.take() {
-            r.stop();
-        }
+        self.live.stop();
     }
 
-    /// Re-reads the TLS listeners' certificates and keys (SIGHUP): new
-    /// handshakes use them; open connections are untouched; a file that
-    /// fails to load keeps its old certificate, and the log says why.
+    /// Re-reads the TLS listeners' certificates and keys and the `[[auth]]`
+    /// key files, and nothing else: new handshakes use them; open
+    /// connections are untouched; a file that fails to load keeps its old
+    /// certificate, and the log says why.
     pub fn reload_tls(&self) {
-        reload_files(&self.config, &self.tls, &self.policy);
+        let g = self.live.current();
+        reload_files(&g.config, &g.tls, &g.policy);
+    }
+
+    /// Reloads the configuration (SIGHUP, `POST /api/reload`); see
+    /// [`Reloader::reload`].
+    pub fn reload(&self) -> Result<Reloaded, String> {
+        self.live.reload()
+    }
+
+    /// The configuration generation new connections start under.
+    pub fn generation(&self) -> Arc<Generation> {
+        self.live.current()
     }
 
     /// Drains server `server` (`IP:PORT`) of upstream `upstream`: no new
     /// connections; with `close_per_second` > 0 its open connections are
     /// closed with 1001 at that pace. The admin API's `drain` calls this.
     pub fn drain(&self, upstream: &str, server: &str, close_per_second: u32) -> Result<(), String> {
-        self.upstream_state(upstream)?
-            .drain(server, close_per_second)
+        let u = self.upstream_state(upstream)?;
+        u.0.upstreams[u.1].drain(server, close_per_second)
     }
 
     /// Takes a drained server back into rotation.
     pub fn enable(&self, upstream: &str, server: &str) -> Result<(), String> {
-        self.upstream_state(upstream)?.enable(server)
+        let u = self.upstream_state(upstream)?;
+        u.0.upstreams[u.1].enable(server)
     }
 
-    fn upstream_state(&self, upstream: &str) -> Result<&crate::fleet::UpstreamState, String> {
-        let i = self
+    fn upstream_state(&self, upstream: &str) -> Result<UpstreamRef, String> {
+        let g = self.live.current();
+        let i = g
             .config
             .upstreams
             .iter()
             .position(|u| u.name == upstream)
             .ok_or_else(|| format!("no upstream {upstream:?}"))?;
-        Ok(&self.fleet.upstreams[i])
+        Ok(UpstreamRef(Arc::clone(&g.fleet), i))
     }
 
     /// Every server's shared state (health, ejection, load), as the
-    /// workers see it.
-    pub fn fleet(&self) -> &Fleet {
-        &self.fleet
+    /// workers see it now.
+    pub fn fleet(&self) -> Arc<Fleet> {
+        Arc::clone(&self.live.current().fleet)
     }
 
     /// Where the admin endpoint listens, when configured.
@@ -378,7 +423,10 @@ impl Server {
     }
 }
 
-/// Re-reads what SIGHUP re-reads: the TLS listeners' certificates and keys
+/// One upstream of a fleet.
+struct UpstreamRef(Arc<Fleet>, usize);
+
+/// Re-reads the certificates and key files: the TLS listeners' certificates and keys
 /// and the `[[auth]]` key files (JWKS, API keys). New handshakes use them;
 /// open connections are untouched; a file that fails keeps what was in
 /// use, and the log says why. Returns the errors.
@@ -441,9 +489,9 @@ pub fn wait_for_shutdown_signal(server: &Server) -> i32 {
         if sig != libc::SIGHUP {
             return sig;
         }
-        info!("SIGHUP: reloading certificates and authentication keys");
+        info!("SIGHUP: reloading the configuration");
         let _ = crate::notify::reloading();
-        server.reload_tls();
+        let _ = server.reload();
         let _ = crate::notify::ready();
     }
 }

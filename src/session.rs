@@ -44,6 +44,7 @@ use crate::relay::{Ending, Outcome, Relay, RelayConfig, Tag};
 use crate::route::RequestView;
 use crate::tls::{self, Established, TlsStream};
 use crate::transport::{self, Stream, Transport, into_poll};
+use crate::generation::WorkerGen;
 use crate::worker::WorkerCtx;
 
 /// Which side of the proxy a handshake failure comes from (pingora's
@@ -358,6 +359,23 @@ struct Info {
     tls: Option<&'static str>,
     /// The last report epoch it answered.
     reported: u64,
+    /// The configuration generation it started under (kept to its end).
+    generation: Rc<WorkerGen>,
+}
+
+/// What a handshake reads: its worker, and the configuration generation
+/// it started under (a reload meanwhile changes nothing for it).
+struct Ctx {
+    w: Rc<WorkerCtx>,
+    g: Rc<WorkerGen>,
+}
+
+impl std::ops::Deref for Ctx {
+    type Target = WorkerCtx;
+
+    fn deref(&self) -> &WorkerCtx {
+        &self.w
+    }
 }
 
 impl std::fmt::Debug for Session {
@@ -368,11 +386,20 @@ impl std::fmt::Debug for Session {
     }
 }
 
-/// Serves one client connection accepted on listener `listener` to its
-/// end. The caller counted it in `ctx.stats.active`; the session uncounts
-/// it when it ends or is dropped.
-pub fn serve(ctx: Rc<WorkerCtx>, client: TcpStream, peer: SocketAddr, listener: usize) -> Session {
-    let hs_ctx = Rc::clone(&ctx);
+/// Serves one client connection accepted on the listener configured at
+/// `listener` to its end, under the configuration generation current now.
+/// The caller counted it in `ctx.stats.active`; the session uncounts it
+/// when it ends or is dropped.
+pub fn serve(
+    ctx: Rc<WorkerCtx>,
+    client: TcpStream,
+    peer: SocketAddr,
+    listener: SocketAddr,
+) -> Session {
+    let hs_ctx = Ctx {
+        g: ctx.current(),
+        w: Rc::clone(&ctx),
+    };
     let handshake: HandshakeFuture =
         Box::pin(async move { start(hs_ctx, client, peer, listener).await });
     Session {
@@ -442,12 +469,12 @@ fn report(ctx: &WorkerCtx, relay: &Relayed, info: &Info) {
         return;
     };
     let (client, backend) = relay.counters();
-    let route = &ctx.config.routes[info.route];
+    let route = &info.generation.config.routes[info.route];
     ctx.reports.borrow_mut().push(crate::control::ConnRow {
         id: format!("{}-{slot}-{}", ctx.id, info.since_ms),
         client: info.peer,
         route: route.label.clone(),
-        upstream: ctx.config.upstreams[info.upstream].name.clone(),
+        upstream: info.generation.config.upstreams[info.upstream].name.clone(),
         server: info.server.to_string(),
         identity: info
             .held
@@ -463,8 +490,8 @@ fn report(ctx: &WorkerCtx, relay: &Relayed, info: &Info) {
 }
 
 /// A retried backend attempt, counted on its upstream.
-fn count_retry(ctx: &WorkerCtx, upstream: usize) {
-    if let Some(c) = ctx.stats.ws.retries.get(upstream) {
+fn count_retry(ctx: &Ctx, upstream: usize) {
+    if let Some(c) = ctx.g.retries.get(upstream) {
         c.inc();
     }
 }
@@ -478,7 +505,7 @@ fn ws_counts(ctx: &WorkerCtx, relay: &Relayed, info: &Info, outcome: &Outcome) {
     use crate::stats::close_code_bucket;
     let ws = &ctx.stats.ws;
     ws.endings[outcome.ending.label_index()].inc();
-    if let Some(r) = ws.routes.get(info.route) {
+    if let Some(r) = info.generation.routes.get(info.route) {
         r.ended.inc();
         for (i, d) in [&outcome.client, &outcome.backend].into_iter().enumerate() {
             r.messages[i].add(d.messages);
@@ -507,7 +534,7 @@ fn closed(ctx: &WorkerCtx, info: &Info, outcome: &Outcome) {
     ctx.stats.record_ending(&outcome.ending);
     ctx.stats.bytes_from_client.add(outcome.from_client);
     ctx.stats.bytes_from_backend.add(outcome.from_backend);
-    if !ctx.config.log.access {
+    if !info.generation.config.log.access {
         return;
     }
     // The access line: field names are documented (docs/operations.md,
@@ -523,7 +550,7 @@ fn closed(ctx: &WorkerCtx, info: &Info, outcome: &Outcome) {
     info!(
         worker = ctx.id,
         client = %info.peer,
-        route = %ctx.config.routes[info.route].label,
+        route = %info.generation.config.routes[info.route].label,
         path = %info.path,
         backend = %info.server,
         identity = info.held.as_ref().and_then(|h| h.identity_name.as_deref()).unwrap_or("-"),
@@ -550,14 +577,17 @@ fn leg_name(leg: crate::relay::Leg) -> &'static str {
 /// The handshake phase: returns the relay to run, or `None` when the
 /// connection was refused (answered and logged here).
 async fn start(
-    ctx: Rc<WorkerCtx>,
+    ctx: Ctx,
     client: TcpStream,
     peer: SocketAddr,
-    listener: usize,
+    listener: SocketAddr,
 ) -> Option<(Relayed, Box<Info>)> {
     let _ = client.set_nodelay(true);
     let started = Instant::now();
-    let cfg = Arc::clone(&ctx.config);
+    let cfg = Arc::clone(&ctx.g.config);
+    // Its index in this generation (a reload that removed it has stopped
+    // the accept loop; a connection accepted just before is closed).
+    let listener = cfg.listeners.iter().position(|l| l.address == listener)?;
     // The address the client connected to (for a PROXY header to a backend).
     let local = client.local_addr().ok();
     let mut tcp = match into_poll(client) {
@@ -602,7 +632,7 @@ async fn start(
     // Handshakes in progress have their own cap (per worker): they never
     // take the slots of established connections.
     let Some(pending) =
-        PendingHandshake::enter(&ctx.policy.pending, cfg.limits.max_pending_handshakes)
+        PendingHandshake::enter(&ctx.g.policy.pending, cfg.limits.max_pending_handshakes)
     else {
         let refusal = Refusal::new(
             Reason::PendingHandshakes,
@@ -620,6 +650,7 @@ async fn start(
         // A plain client gets its 503 (one write, no waiting); a TLS one
         // is closed before the TLS handshake's cost.
         if ctx
+            .g
             .tls
             .listeners
             .get(listener)
@@ -640,13 +671,14 @@ async fn start(
     let mut held = Held::default();
     let mut early: Option<Refusal> = None;
     if !cfg.trusted_proxies.contains(peer.ip()) {
-        match admit::admit_ip(&ctx.shared_policy, &cfg, peer.ip(), fleet::now_ms()) {
+        match admit::admit_ip(&ctx.g.shared_policy, &cfg, peer.ip(), fleet::now_ms()) {
             Ok(permit) => held.ip = permit,
             Err(r) => early = Some(r),
         }
     }
     // TLS first on a TLS listener, within the handshake timeout.
     let (mut client, early_bytes, tls_info) = match ctx
+        .g
         .tls
         .listeners
         .get(listener)
@@ -733,6 +765,7 @@ async fn start(
             held: (!held.is_empty()).then(|| Box::new(held)),
             route: up.route,
             reported: ctx.relay.shutdown.report_epoch(),
+            generation: Rc::clone(&ctx.g),
             tls: tls_info.as_ref().map(|t| match t.version {
                 Some(tls::record::Version::Tls13) => "TLSv1.3",
                 Some(tls::record::Version::Tls12) => "TLSv1.2",
@@ -777,21 +810,21 @@ fn relay_policy(
 /// Logs one refusal line, rate-limited per label on this worker (with a
 /// summary of the lines left out in the second before).
 fn log_refusal(
-    ctx: &WorkerCtx,
+    ctx: &Ctx,
     peer: SocketAddr,
     status: Option<u16>,
     label: &'static str,
     line: impl FnOnce() -> String,
 ) {
     let now_s = fleet::now_ms() / 1000;
-    let d = ctx.policy.log.admit(label, now_s);
+    let d = ctx.g.policy.log.admit(label, now_s);
     if let Some(n) = d.summary {
         info!(
             worker = ctx.id,
             "{n} more refused for {label} in the last second"
         );
     }
-    if d.log && ctx.config.log.access {
+    if d.log && ctx.g.config.log.access {
         match status {
             Some(status) => {
                 info!(worker = ctx.id, client = %peer, status, reason = label, "refused: {}", line())
@@ -804,7 +837,7 @@ fn log_refusal(
 /// Logs and counts a refused handshake and answers the client: with the
 /// error's status, or the backend's own answer; nothing when the client
 /// left or sent nothing.
-async fn refuse<T: Transport>(ctx: &WorkerCtx, client: &mut T, peer: SocketAddr, refused: Refused) {
+async fn refuse<T: Transport>(ctx: &Ctx, client: &mut T, peer: SocketAddr, refused: Refused) {
     let Refused { error, relayed } = refused;
     let Some(status) = error.status() else {
         debug!(worker = ctx.id, client = %peer, "dropped: {error}");
@@ -821,7 +854,7 @@ async fn refuse<T: Transport>(ctx: &WorkerCtx, client: &mut T, peer: SocketAddr,
     };
     log_refusal(ctx, peer, Some(status), label, || error.to_string());
     let answer = relayed.unwrap_or_else(|| error.response(status));
-    let t = ctx.config.timeouts.handshake;
+    let t = ctx.g.config.timeouts.handshake;
     if timed(t, transport::write_all(client, &answer))
         .await
         .is_ok()
@@ -934,7 +967,7 @@ struct Upgraded {
 }
 
 async fn handshake(
-    ctx: &WorkerCtx,
+    ctx: &Ctx,
     client: &mut Stream,
     peer: SocketAddr,
     local: Option<SocketAddr>,
@@ -942,7 +975,7 @@ async fn handshake(
     tls: Option<&Established>,
     held: &mut Held,
 ) -> Result<Upgraded, Refused> {
-    let cfg = &ctx.config;
+    let cfg = &ctx.g.config;
     let limits = cfg.limits.head_limits();
     let hs_timeout = cfg.timeouts.handshake;
 
@@ -952,7 +985,7 @@ async fn handshake(
         .stats
         .active
         .get()
-        .saturating_sub(ctx.policy.pending.get() as u64);
+        .saturating_sub(ctx.g.policy.pending.get() as u64);
     if established >= cfg.limits.max_connections as u64 {
         return Err(HandshakeError::proxy(Step::Admitting, Cause::Overloaded).into());
     }
@@ -998,7 +1031,7 @@ async fn handshake(
     // counted per IP now, by that address).
     let who = client_addr(peer.ip(), &cfg.trusted_proxies, req.headers());
     if who.via_trusted {
-        held.ip = admit::admit_ip(&ctx.shared_policy, cfg, who.ip, fleet::now_ms())?;
+        held.ip = admit::admit_ip(&ctx.g.shared_policy, cfg, who.ip, fleet::now_ms())?;
     }
     let client_sock = SocketAddr::new(who.ip, peer.port());
 
@@ -1020,8 +1053,8 @@ async fn handshake(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let admission: Admission = admit::admit_route(
-        &ctx.shared_policy,
-        &ctx.policy,
+        &ctx.g.shared_policy,
+        &ctx.g.policy,
         cfg,
         route_index,
         route,
@@ -1042,7 +1075,7 @@ async fn handshake(
     let mut up_index = route.upstream;
     let mut fallback = route.fallback_upstream;
     let mut up_cfg = &cfg.upstreams[up_index];
-    let mut fleet_up = &ctx.fleet.upstreams[up_index];
+    let mut fleet_up = &ctx.g.fleet.upstreams[up_index];
     let keys = |up_cfg: &crate::config::Upstream| {
         let hash_key = match &up_cfg.balance {
             Balance::Hash { key, .. } => fleet::request_key(key, &req, who.ip),
@@ -1069,7 +1102,7 @@ async fn handshake(
         .iter()
         .map(|(n, v)| (n.as_str(), v.as_slice()))
         .collect();
-    ctx.balancers.handshake_started(up_index);
+    ctx.g.balancers.handshake_started(up_index);
     let mut skip = 0u64;
     let mut retried = 0u32;
     let mut last: Option<HandshakeError> = None;
@@ -1080,7 +1113,7 @@ async fn handshake(
         if retried >= up_cfg.retries {
             return None;
         }
-        let wait = ctx.balancers.retry(up_cfg, up_index, retried);
+        let wait = ctx.g.balancers.retry(up_cfg, up_index, retried);
         if wait.is_none() {
             debug!(worker = ctx.id, upstream = %up_cfg.name, "retry budget spent: no retry");
         }
@@ -1096,16 +1129,16 @@ async fn handshake(
     // handshake keeps the set it started with).
     let mut set = fleet_up.current();
     let (backend, server, slot, up, attempt, _pending) = loop {
-        let Some(i) = ctx.balancers.pick(up_index, &set, hash_key, sticky, skip) else {
+        let Some(i) = ctx.g.balancers.pick(up_index, &set, hash_key, sticky, skip) else {
             if let Some(f) = fallback.take() {
                 info!(worker = ctx.id, client = %peer, upstream = %up_cfg.name, fallback = %cfg.upstreams[f].name, "no server can take the connection: trying the fallback upstream");
                 up_index = f;
                 up_cfg = &cfg.upstreams[f];
-                fleet_up = &ctx.fleet.upstreams[f];
+                fleet_up = &ctx.g.fleet.upstreams[f];
                 set = fleet_up.current();
                 (hash_key, sticky) = keys(up_cfg);
                 skip = 0;
-                ctx.balancers.handshake_started(up_index);
+                ctx.g.balancers.handshake_started(up_index);
                 continue;
             }
             ctx.stats.backend_failures.inc();
@@ -1271,7 +1304,7 @@ async fn handshake(
         .map_err(|cause| HandshakeError::client(Step::WritingSwitch, cause))?;
     ctx.stats.upgraded.inc();
     ctx.stats.ws.handshake_seconds.observe(requested.elapsed());
-    if let Some(r) = ctx.stats.ws.routes.get(route_index) {
+    if let Some(r) = ctx.g.routes.get(route_index) {
         r.upgraded.inc();
     }
     debug!(worker = ctx.id, client = %who.ip, path = %path, backend = %server, protocol = ?protocol, "upgraded");
@@ -1347,13 +1380,13 @@ enum Exchanged {
 /// head, skipping interim answers (103 Early Hints, ...), within
 /// `timeouts.handshake`.
 async fn exchange(
-    ctx: &WorkerCtx,
+    ctx: &Ctx,
     backend: &mut Stream,
     server: Server,
     request: &[u8],
     expect: &Expect<'_>,
 ) -> Result<Exchanged, HandshakeError> {
-    let cfg = &ctx.config;
+    let cfg = &ctx.g.config;
     let limits = cfg.limits.head_limits();
     let hs_timeout = cfg.timeouts.handshake;
     let failed = |step, cause| HandshakeError::backend(server, step, cause);
@@ -1435,14 +1468,14 @@ async fn backoff(ms: u64) {
 /// cut short (limit, timeout, backend gone) is relayed as far as it came,
 /// with that length; a framing that cannot be relayed is a 502.
 async fn relay_answer(
-    ctx: &WorkerCtx,
+    ctx: &Ctx,
     backend: &mut Stream,
     server: Server,
     status: u16,
     resp: &[u8],
     head_len: usize,
 ) -> Refused {
-    let limits = &ctx.config.limits;
+    let limits = &ctx.g.config.limits;
     let failed = |step, cause| Refused::from(HandshakeError::backend(server, step, cause));
     let mut storage = vec![httparse::EMPTY_HEADER; limits.max_headers];
     let answer = match RelayedAnswer::parse(&resp[..head_len], &mut storage) {
@@ -1454,7 +1487,7 @@ async fn relay_answer(
     if let Err(e) = reader.feed(&resp[head_len..], &mut body) {
         return failed(Step::ReadingResponseBody, Cause::BadBody(e));
     }
-    let read = timed(ctx.config.timeouts.handshake, async {
+    let read = timed(ctx.g.config.timeouts.handshake, async {
         let mut chunk = [0u8; 2048];
         while reader.state() == BodyState::NeedMore {
             let n = transport::read(backend, &mut chunk).await?;
@@ -1491,7 +1524,7 @@ async fn relay_answer(
 /// One connect (then the PROXY header, when the upstream sends one, and
 /// TLS, when it has it, verifying `host`) to `server`.
 async fn connect_one(
-    ctx: &WorkerCtx,
+    ctx: &Ctx,
     up: usize,
     host: &str,
     server: Server,
@@ -1509,7 +1542,7 @@ async fn connect_one(
         })?,
     };
     let connected =
-        monoio::time::timeout(ctx.config.timeouts.connect, TcpStream::connect_addr(addr)).await;
+        monoio::time::timeout(ctx.g.config.timeouts.connect, TcpStream::connect_addr(addr)).await;
     let tcp = match connected {
         Ok(Ok(s)) => {
             let _ = s.set_nodelay(true);
@@ -1532,7 +1565,7 @@ async fn connect_one(
     let mut tcp = tcp;
     if let Some(h) = proxy_header {
         timed(
-            ctx.config.timeouts.connect,
+            ctx.g.config.timeouts.connect,
             transport::write_all(&mut tcp, h),
         )
         .await
@@ -1546,21 +1579,21 @@ async fn connect_one(
 /// TLS to the backend when its upstream has it, within the handshake
 /// timeout: SNI and verification use the server's host name (or `sni`).
 async fn secure(
-    ctx: &WorkerCtx,
+    ctx: &Ctx,
     upstream: usize,
     server_host: &str,
     mut tcp: TcpStreamPoll,
 ) -> Result<Stream, Cause> {
-    let Some(config) = ctx.tls.upstreams.get(upstream).and_then(Option::as_ref) else {
+    let Some(config) = ctx.g.tls.upstreams.get(upstream).and_then(Option::as_ref) else {
         return Ok(Stream::Tcp(tcp));
     };
-    let t = ctx.config.upstreams[upstream].tls.as_ref();
+    let t = ctx.g.config.upstreams[upstream].tls.as_ref();
     let host = t
         .and_then(|t| t.client.sni.as_deref())
         .unwrap_or(server_host);
     let name = tls::setup::server_name(host).map_err(|e| Cause::Tls(e.to_string().into()))?;
     match monoio::time::timeout(
-        ctx.config.timeouts.handshake,
+        ctx.g.config.timeouts.handshake,
         tls::connect(&mut tcp, Arc::clone(config), name),
     )
     .await

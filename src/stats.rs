@@ -99,16 +99,6 @@ impl Stats {
 }
 
 impl Stats {
-    /// A worker's counters for `routes` routes and `upstreams` upstreams.
-    pub fn new(routes: usize, upstreams: usize) -> Stats {
-        Stats {
-            ws: WsStats::new(routes, upstreams),
-            ..Stats::default()
-        }
-    }
-}
-
-impl Stats {
     /// Counts how a relay ended.
     pub fn record_ending(&self, e: &Ending) {
         match e {
@@ -222,13 +212,11 @@ pub struct RouteStats {
     pub bytes: [Counter; 2],
 }
 
-/// The WebSocket-level counters of a worker (routes sized at start).
+/// The WebSocket-level counters of a worker. Those by route and by
+/// upstream are in the configuration's generation
+/// ([`crate::generation::Generation::routes`]), which a reload replaces.
 #[derive(Debug, Default)]
 pub struct WsStats {
-    /// By route index.
-    pub routes: Box<[RouteStats]>,
-    /// Retried backend attempts, by upstream index.
-    pub retries: Box<[Counter]>,
     /// Close frames that began a close handshake, by who began it (0:
     /// client, 1: backend) and code bucket ([`close_code_bucket`]).
     pub closes: [[Counter; CLOSE_CODES.len() + 2]; 2],
@@ -248,13 +236,3 @@ pub struct WsStats {
     pub tls_versions: [Counter; 2],
 }
 
-impl WsStats {
-    /// Sized for `routes` routes and `upstreams` upstreams.
-    pub fn new(routes: usize, upstreams: usize) -> WsStats {
-        WsStats {
-            routes: (0..routes).map(|_| RouteStats::default()).collect(),
-            retries: (0..upstreams).map(|_| Counter::default()).collect(),
-            ..WsStats::default()
-        }
-    }
-}

@@ -16,14 +16,13 @@ use std::time::Duration;
 use monoio::net::TcpListener;
 use tracing::{debug, error, info};
 
-use crate::config::{Config, IoDriver};
+use crate::config::IoDriver;
 use crate::control::{Control, ControlReceiver};
-use crate::fleet::{Balancers, Fleet};
+use crate::generation::{Generation, WorkerGen};
 use crate::pool::{self, Pool, TRIM_INTERVAL};
 use crate::proto::mask::MaskKeyGen;
 use crate::relay::{Shutdown, Worker as RelayWorker};
 use crate::stats::Stats;
-use crate::tls::setup::TlsSetup;
 
 /// Spare buffers a worker's pool keeps for good (2 MiB at the default
 /// 64 KiB buffer size); more are kept after a burst and trimmed back to
@@ -35,8 +34,6 @@ const POOL_KEEP: usize = 32;
 pub struct WorkerCtx {
     /// The worker's index (its thread is `wsedge-worker-{id}`).
     pub id: usize,
-    /// The configuration, read-only.
-    pub config: Arc<Config>,
     /// The relays' buffer pool, masking keys (also used for backend
     /// handshake nonces) and shutdown flag.
     pub relay: Rc<RelayWorker>,
@@ -44,17 +41,9 @@ pub struct WorkerCtx {
     pub stats: Arc<Stats>,
     /// Where this worker's built-in echo server listens, if configured.
     pub echo_addr: Option<SocketAddr>,
-    /// TLS configurations by listener and upstream (shared by the workers).
-    pub tls: Arc<TlsSetup>,
-    /// Every server's shared state (all workers).
-    pub fleet: Arc<Fleet>,
-    /// This worker's pickers and retry budgets.
-    pub balancers: Balancers,
-    /// The policy's shared state: keys, limit tables (all workers).
-    pub shared_policy: Arc<crate::policy::state::Shared>,
-    /// This worker's policy state: decision caches, log limiter, pending
-    /// handshakes.
-    pub policy: crate::policy::state::WorkerPolicy,
+    /// The configuration generation new connections start under (a
+    /// session keeps the one it started with; a reload replaces this).
+    current: RefCell<Rc<WorkerGen>>,
     /// The shutdown wait, woken when the last connection ends.
     drained: RefCell<Option<Waker>>,
     /// Rows written by sessions for the admin API's connection list.
@@ -62,6 +51,11 @@ pub struct WorkerCtx {
 }
 
 impl WorkerCtx {
+    /// The current configuration generation.
+    pub fn current(&self) -> Rc<WorkerGen> {
+        Rc::clone(&self.current.borrow())
+    }
+
     /// Called by each session as it ends (after uncounting itself): wakes
     /// the shutdown wait when it was the last one.
     pub(crate) fn session_ended(&self) {
@@ -94,20 +88,14 @@ pub struct WorkerSpec {
     pub id: usize,
     /// The core to pin to.
     pub core: Option<core_affinity::CoreId>,
-    /// Bound, listening sockets (one per configured address).
-    pub listeners: Vec<std::net::TcpListener>,
+    /// Bound, listening sockets, by configured address.
+    pub listeners: Vec<(SocketAddr, std::net::TcpListener)>,
     /// The built-in echo server's socket, if configured.
     pub echo: Option<std::net::TcpListener>,
-    /// Configuration.
-    pub config: Arc<Config>,
+    /// The configuration generation to start with.
+    pub generation: Arc<Generation>,
     /// The worker's counters.
     pub stats: Arc<Stats>,
-    /// TLS configurations by listener and upstream.
-    pub tls: Arc<TlsSetup>,
-    /// Every server's shared state.
-    pub fleet: Arc<Fleet>,
-    /// The policy's shared state.
-    pub policy: Arc<crate::policy::state::Shared>,
     /// How many workers the server runs.
     pub workers: usize,
     /// The worker's end of its control channel.
@@ -128,7 +116,7 @@ pub fn run(spec: WorkerSpec) {
     if let Some(core) = spec.core {
         core_affinity::set_for_current(core);
     }
-    let driver = spec.config.io_driver;
+    let driver = spec.generation.config.io_driver;
     let entries = 4096;
     macro_rules! go {
         ($rt:expr, $name:expr) => {{
@@ -176,24 +164,19 @@ pub fn run(spec: WorkerSpec) {
 }
 
 async fn worker_main(spec: WorkerSpec) {
-    let config = spec.config;
+    let buffer_size = spec.generation.config.limits.buffer_size;
     let ctx = Rc::new(WorkerCtx {
         id: spec.id,
         relay: Rc::new(RelayWorker {
-            pool: Pool::new(config.limits.buffer_size, POOL_KEEP),
+            pool: Pool::new(buffer_size, POOL_KEEP),
             keys: RefCell::new(MaskKeyGen::from_os_rng()),
             shutdown: Shutdown::default(),
         }),
         stats: spec.stats,
         echo_addr: spec.echo.as_ref().and_then(|l| l.local_addr().ok()),
-        tls: spec.tls,
-        balancers: Balancers::new(&config, &spec.fleet, spec.id as u64 + 1),
-        fleet: spec.fleet,
-        policy: crate::policy::state::WorkerPolicy::new(&config),
-        shared_policy: spec.policy,
+        current: RefCell::new(Rc::new(WorkerGen::new(spec.generation, spec.id))),
         drained: RefCell::new(None),
         reports: RefCell::new(Vec::new()),
-        config,
     });
     monoio::spawn(trim_pool(Rc::clone(&ctx.relay.pool)));
     monoio::spawn(crate::rebalance::run(Rc::clone(&ctx), spec.workers));
@@ -206,37 +189,33 @@ async fn worker_main(spec: WorkerSpec) {
             Err(e) => error!(worker = ctx.id, "built-in echo server: {e}"),
         }
     }
-    let mut accept_loops = Vec::new();
-    let stop_accepting_early = Rc::new(crate::relay::Shutdown::default());
-    for (i, l) in spec.listeners.into_iter().enumerate() {
-        match TcpListener::from_std(l) {
-            Ok(l) => accept_loops.push(monoio::spawn(accept_loop(
-                Rc::clone(&ctx),
-                l,
-                i,
-                Rc::clone(&stop_accepting_early),
-            ))),
-            Err(e) => error!(worker = ctx.id, "listener: {e}"),
-        }
+    let mut listening = Listening {
+        loops: Vec::new(),
+        all: Rc::new(crate::relay::Shutdown::default()),
+    };
+    for (key, l) in spec.listeners {
+        listening.add(&ctx, key, l);
     }
 
     // Serve until told to stop, or until the server (which holds every
     // sender) is gone. The control channel wakes this task from the sending
     // thread; an idle worker does nothing until then.
     let mut control = spec.control;
-    if let Some(Control::Drain { delay, period }) = operate(&ctx, &mut control).await {
-        drain(&ctx, &mut control, &stop_accepting_early, delay, period).await;
+    if let Some(Control::Drain { delay, period }) =
+        operate(&ctx, &mut control, &mut listening).await
+    {
+        drain(&ctx, &mut control, &mut listening, delay, period).await;
     }
     // Stop accepting and close every relayed connection with 1001 (both
     // wait on the worker's shutdown flag), then give them the grace period,
     // ending early when the last one is gone.
     ctx.relay.shutdown.fire();
-    for h in accept_loops {
-        h.await;
+    for l in listening.loops {
+        l.handle.await;
     }
     monoio::select! {
         _ = ctx.drained() => {}
-        _ = monoio::time::sleep(ctx.config.timeouts.shutdown_grace) => {}
+        _ = monoio::time::sleep(ctx.current().config.timeouts.shutdown_grace) => {}
     }
     info!(
         worker = ctx.id,
@@ -245,14 +224,87 @@ async fn worker_main(spec: WorkerSpec) {
     );
 }
 
-/// Answers operator requests (the connection list, closes) until a stop
-/// comes (or every sender is gone): returns it.
+/// A worker's accept loops, one per listening socket.
+struct Listening {
+    loops: Vec<AcceptLoop>,
+    /// Stops them all (a drain's end of accepting).
+    all: Rc<crate::relay::Shutdown>,
+}
+
+struct AcceptLoop {
+    /// The configured address it serves.
+    key: SocketAddr,
+    /// Stops this one (its listener was removed by a reload).
+    stop: Rc<crate::relay::Shutdown>,
+    handle: monoio::task::JoinHandle<()>,
+}
+
+impl Listening {
+    /// Starts accepting on `l` for the listener configured at `key`.
+    fn add(&mut self, ctx: &Rc<WorkerCtx>, key: SocketAddr, l: std::net::TcpListener) {
+        match TcpListener::from_std(l) {
+            Ok(l) => {
+                let stop = Rc::new(crate::relay::Shutdown::default());
+                let handle = monoio::spawn(accept_loop(
+                    Rc::clone(ctx),
+                    l,
+                    key,
+                    Rc::clone(&self.all),
+                    Rc::clone(&stop),
+                ));
+                self.loops.push(AcceptLoop { key, stop, handle });
+            }
+            Err(e) => error!(worker = ctx.id, "listener {key}: {e}"),
+        }
+    }
+
+    /// Stops accepting on the listener configured at `key` and closes its
+    /// sockets (once their loops have ended).
+    fn remove(&mut self, key: SocketAddr) {
+        for l in self.loops.iter().filter(|l| l.key == key) {
+            l.stop.fire();
+        }
+        self.loops.retain(|l| l.key != key);
+    }
+}
+
+/// Switches to a reloaded configuration: new connections start under
+/// `generation`, new listeners accept, removed ones close. Connections
+/// already open keep the generation they started with.
+fn reload(ctx: &Rc<WorkerCtx>, listening: &mut Listening, r: &crate::control::Reload) {
+    *ctx.current.borrow_mut() = Rc::new(WorkerGen::new(Arc::clone(&r.generation), ctx.id));
+    for key in &r.removed {
+        listening.remove(*key);
+    }
+    let added = r
+        .added
+        .lock()
+        .ok()
+        .and_then(|mut a| a.get_mut(ctx.id).map(std::mem::take))
+        .unwrap_or_default();
+    for (key, l) in added {
+        listening.add(ctx, key, l);
+    }
+    debug!(
+        worker = ctx.id,
+        generation = r.generation.serial,
+        "configuration generation switched"
+    );
+}
+
+/// Answers operator requests (the connection list, closes, reloads) until
+/// a stop comes (or every sender is gone): returns it.
 async fn operate(
     ctx: &Rc<WorkerCtx>,
     control: &mut crate::control::ControlReceiver,
+    listening: &mut Listening,
 ) -> Option<Control> {
     loop {
         match control.recv().await {
+            Some(Control::Reload(r)) => {
+                reload(ctx, listening, &r);
+                let _ = r.reply.send(ctx.id);
+            }
             Some(Control::Connections(reply)) => {
                 let _ = reply.send(connections(ctx).await);
             }
@@ -309,10 +361,11 @@ async fn connections(ctx: &WorkerCtx) -> Vec<crate::control::ConnRow> {
 async fn drain(
     ctx: &Rc<WorkerCtx>,
     control: &mut crate::control::ControlReceiver,
-    stop_accepting: &crate::relay::Shutdown,
+    listening: &mut Listening,
     delay: Duration,
     period: Duration,
 ) {
+    let stop_accepting = Rc::clone(&listening.all);
     let paced = async {
         monoio::time::sleep(delay).await;
         stop_accepting.fire();
@@ -349,12 +402,12 @@ async fn drain(
         // period) before what is left is closed as in a plain stop.
         monoio::select! {
             _ = ctx.drained() => {}
-            _ = monoio::time::sleep(ctx.config.timeouts.shutdown_grace) => {}
+            _ = monoio::time::sleep(ctx.current().config.timeouts.shutdown_grace) => {}
         }
     };
     monoio::select! {
         _ = paced => {}
-        _ = operate(ctx, control) => {
+        _ = operate(ctx, control, listening) => {
             info!(worker = ctx.id, "drain cut short: stopping now");
         }
     }
@@ -383,7 +436,8 @@ async fn trim_pool(pool: Rc<Pool>) {
 async fn accept_loop(
     ctx: Rc<WorkerCtx>,
     listener: TcpListener,
-    index: usize,
+    key: SocketAddr,
+    stop_all: Rc<crate::relay::Shutdown>,
     stop: Rc<crate::relay::Shutdown>,
 ) {
     use std::os::fd::AsRawFd;
@@ -397,6 +451,7 @@ async fn accept_loop(
         let accepted = monoio::select! {
             r = listener.accept() => r,
             _ = ctx.relay.shutdown.fired() => return,
+            _ = stop_all.fired() => return,
             _ = stop.fired() => return,
         };
         match accepted {
@@ -406,7 +461,7 @@ async fn accept_loop(
                 // The session itself is the task (no async block around it:
                 // that would hold the session twice, as a capture and as the
                 // awaited future, and double what an idle connection costs).
-                monoio::spawn(crate::session::serve(Rc::clone(&ctx), stream, peer, index));
+                monoio::spawn(crate::session::serve(Rc::clone(&ctx), stream, peer, key));
             }
             Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
                 let answered =
@@ -416,7 +471,7 @@ async fn accept_loop(
                     ctx.stats.refused_with(503);
                 }
                 let now_s = crate::fleet::now_ms() / 1000;
-                let d = ctx.policy.log.admit("out_of_fds", now_s);
+                let d = ctx.current().policy.log.admit("out_of_fds", now_s);
                 if let Some(n) = d.summary {
                     error!(
                         worker = ctx.id,

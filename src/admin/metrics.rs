@@ -226,13 +226,21 @@ fn websocket(o: &mut Out, view: &AdminView) {
     let routes = &view.config.routes;
     let sum =
         |f: &dyn Fn(&crate::stats::Stats) -> u64| view.stats.iter().map(|s| f(s)).sum::<u64>();
+    let route_sum = |i: usize, f: &dyn Fn(&crate::stats::RouteStats) -> u64| {
+        view.generation
+            .routes
+            .iter()
+            .filter_map(|w| w.get(i))
+            .map(|x| f(x))
+            .sum::<u64>()
+    };
     o.family(
         "wsedge_route_upgrades_total",
         "counter",
         "Handshakes that got a 101, by route.",
     );
     for (i, r) in routes.iter().enumerate() {
-        let n = sum(&|s| s.ws.routes.get(i).map_or(0, |x| x.upgraded.get()));
+        let n = route_sum(i, &|x| x.upgraded.get());
         o.sample("wsedge_route_upgrades_total", &[("route", &r.label)], n);
     }
     o.family(
@@ -242,7 +250,7 @@ fn websocket(o: &mut Out, view: &AdminView) {
     );
     for (i, r) in routes.iter().enumerate() {
         for (l, leg) in legs.iter().enumerate() {
-            let n = sum(&|s| s.ws.routes.get(i).map_or(0, |x| x.messages[l].get()));
+            let n = route_sum(i, &|x| x.messages[l].get());
             o.sample(
                 "wsedge_messages_total",
                 &[("route", &r.label), ("from", leg)],
@@ -258,7 +266,7 @@ fn websocket(o: &mut Out, view: &AdminView) {
     for (i, r) in routes.iter().enumerate() {
         for (l, leg) in legs.iter().enumerate() {
             for (k, op) in OPCODES.iter().enumerate() {
-                let n = sum(&|s| s.ws.routes.get(i).map_or(0, |x| x.frames[l][k].get()));
+                let n = route_sum(i, &|x| x.frames[l][k].get());
                 o.sample(
                     "wsedge_frames_total",
                     &[("route", &r.label), ("from", leg), ("opcode", op)],
@@ -274,7 +282,7 @@ fn websocket(o: &mut Out, view: &AdminView) {
     );
     for (i, r) in routes.iter().enumerate() {
         for (l, leg) in legs.iter().enumerate() {
-            let n = sum(&|s| s.ws.routes.get(i).map_or(0, |x| x.bytes[l].get()));
+            let n = route_sum(i, &|x| x.bytes[l].get());
             o.sample(
                 "wsedge_route_bytes_total",
                 &[("route", &r.label), ("from", leg)],
@@ -333,7 +341,13 @@ fn websocket(o: &mut Out, view: &AdminView) {
         "Backend attempts retried on another server, by upstream.",
     );
     for (i, u) in view.config.upstreams.iter().enumerate() {
-        let n = sum(&|s| s.ws.retries.get(i).map_or(0, |c| c.get()));
+        let n: u64 = view
+            .generation
+            .retries
+            .iter()
+            .filter_map(|w| w.get(i))
+            .map(|c| c.get())
+            .sum();
         o.sample("wsedge_upstream_retries_total", &[("upstream", &u.name)], n);
     }
     o.family(

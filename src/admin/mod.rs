@@ -37,7 +37,9 @@ pub struct AdminSettings {
     pub read_open: bool,
 }
 
-/// What the admin endpoint reads: shared with the server.
+/// What the admin endpoint reads: shared with the server. A request
+/// reads the configuration generation current when it came
+/// ([`AdminView::refreshed`]).
 #[derive(Debug, Clone)]
 pub struct AdminView {
     /// The running configuration.
@@ -46,23 +48,50 @@ pub struct AdminView {
     pub stats: Vec<Arc<Stats>>,
     /// Every server's shared slot.
     pub fleet: Arc<Fleet>,
+    /// The generation `config` and `fleet` are of (per-route counters).
+    pub generation: Arc<crate::generation::Generation>,
     /// Set when the server starts draining (SIGTERM): `/readyz` says 503.
     pub draining: Arc<AtomicBool>,
     /// Each worker's control channel (the connection list and closes fan
     /// out over them).
     pub control: Vec<crate::control::ControlSender>,
-    /// What `POST /api/reload` re-reads (as SIGHUP): certificates and the
-    /// `[[auth]]` key files; `None` in tests that do not need it.
-    pub reload: Option<Reload>,
+    /// The generations and what `POST /api/reload` does (as SIGHUP);
+    /// `None` in tests that do not need it.
+    pub reload: Option<Arc<crate::reload::Reloader>>,
 }
 
-/// The running certificates and key files, for `POST /api/reload`.
-#[derive(Debug, Clone)]
-pub struct Reload {
-    /// TLS configurations (certificates reloadable).
-    pub tls: Arc<crate::tls::setup::TlsSetup>,
-    /// The policy's loaded keys.
-    pub policy: Arc<crate::policy::state::Shared>,
+impl AdminView {
+    /// The view of a running server.
+    pub fn new(
+        live: Arc<crate::reload::Reloader>,
+        stats: Vec<Arc<Stats>>,
+        draining: Arc<AtomicBool>,
+        control: Vec<crate::control::ControlSender>,
+    ) -> AdminView {
+        let generation = live.current();
+        AdminView {
+            config: Arc::clone(&generation.config),
+            fleet: Arc::clone(&generation.fleet),
+            generation,
+            stats,
+            draining,
+            control,
+            reload: Some(live),
+        }
+    }
+
+    /// This view with the generation current now.
+    fn refreshed(&self) -> AdminView {
+        match &self.reload {
+            Some(live) => AdminView::new(
+                Arc::clone(live),
+                self.stats.clone(),
+                Arc::clone(&self.draining),
+                self.control.clone(),
+            ),
+            None => self.clone(),
+        }
+    }
 }
 
 /// A running admin listener; stops (and joins its thread) when dropped.
@@ -172,7 +201,7 @@ fn serve(listener: TcpListener, view: AdminView, auth: Arc<Auth>, stop: Arc<Atom
             std::thread::sleep(Duration::from_millis(5));
         }
         in_flight.fetch_add(1, Ordering::AcqRel);
-        let (view, auth, count) = (view.clone(), Arc::clone(&auth), Arc::clone(&in_flight));
+        let (view, auth, count) = (view.refreshed(), Arc::clone(&auth), Arc::clone(&in_flight));
         let spawned = std::thread::Builder::new()
             .name("wsedge-admin-req".into())
             .spawn(move || {
@@ -249,9 +278,9 @@ fn route(view: &AdminView, auth: &Auth, req: &Request) -> Response {
     }
 }
 
-/// `POST /api/reload`: what SIGHUP re-reads (certificates, JWKS and API
-/// key files); a file that fails keeps what is in use, and its error is in
-/// the answer (500). The rest of the configuration is read at start.
+/// `POST /api/reload`: what SIGHUP does ([`crate::reload`]). 200 with the
+/// new generation, the listeners bound and closed and any warning; 400
+/// with the error (file and line for a bad file) when nothing changed.
 fn reload(view: &AdminView) -> Response {
     let Some(r) = &view.reload else {
         return Response::json(
@@ -259,17 +288,25 @@ fn reload(view: &AdminView) -> Response {
             &serde_json::json!({ "error": "reload is not available" }),
         );
     };
-    info!("admin: reloading certificates and authentication keys");
-    let errors = crate::server::reload_files(&view.config, &r.tls, &r.policy);
-    let status = if errors.is_empty() { 200 } else { 500 };
-    Response::json(
-        status,
-        &serde_json::json!({
-            "reloaded": ["certificates", "auth keys"],
-            "errors": errors,
-            "note": "listeners, routes, upstreams and limits are read at start: restart to change them",
-        }),
-    )
+    info!("admin: reloading the configuration");
+    let _ = crate::notify::reloading();
+    let done = r.reload();
+    let _ = crate::notify::ready();
+    match done {
+        Ok(d) => Response::json(
+            200,
+            &serde_json::json!({
+                "generation": d.generation,
+                "listeners_added": d.added.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "listeners_removed": d.removed.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "warnings": d.warnings,
+            }),
+        ),
+        Err(e) => Response::json(
+            400,
+            &serde_json::json!({ "error": e, "changed": false }),
+        ),
+    }
 }
 
 /// `/readyz`: 200 once every upstream has a server that takes connections

@@ -263,10 +263,11 @@ fn gather(view: &AdminView, with_connections: bool) -> Snapshot {
         .enumerate()
         .map(|(i, r)| {
             let sum = |f: &dyn Fn(&crate::stats::RouteStats) -> u64| -> u64 {
-                view.stats
+                view.generation
+                    .routes
                     .iter()
-                    .filter_map(|w| w.ws.routes.get(i))
-                    .map(f)
+                    .filter_map(|w| w.get(i))
+                    .map(|x| f(x))
                     .sum()
             };
             let upgraded = sum(&|x| x.upgraded.get());
@@ -973,11 +974,20 @@ mod tests {
         let config = std::sync::Arc::new(crate::config::Config::parse(text, "t.toml").unwrap());
         let fleet = std::sync::Arc::new(crate::fleet::Fleet::new(&config));
         let stats: Vec<_> = (0..2)
-            .map(|_| std::sync::Arc::new(crate::stats::Stats::new(1, 1)))
+            .map(|_| std::sync::Arc::new(crate::stats::Stats::default()))
             .collect();
+        let generation = std::sync::Arc::new(crate::generation::Generation::new(
+            1,
+            std::sync::Arc::clone(&config),
+            std::sync::Arc::new(crate::tls::setup::TlsSetup::build(&config).unwrap().0),
+            std::sync::Arc::clone(&fleet),
+            crate::policy::state::Shared::start(&config).unwrap(),
+            2,
+            None,
+        ));
         stats[0].upgraded.add(5);
         for (w, (up, ended, msgs)) in [(5, 2, 30), (2, 1, 12)].into_iter().enumerate() {
-            let r = &stats[w].ws.routes[0];
+            let r = &generation.routes[w][0];
             r.upgraded.add(up);
             r.ended.add(ended);
             r.messages[1].add(msgs);
@@ -990,6 +1000,7 @@ mod tests {
             config,
             stats,
             fleet: std::sync::Arc::clone(&fleet),
+            generation,
             draining: Default::default(),
             control: Vec::new(),
             reload: None,

@@ -38,7 +38,7 @@ pub struct Shared {
     /// Per identity.
     pub identity: Arc<KeyedLimiter>,
     /// Open connections per route (for a route's `max_connections`).
-    pub route_active: Box<[AtomicU32]>,
+    pub route_active: Box<[Arc<AtomicU32>]>,
     refreshers: Mutex<Vec<JwksRefresher>>,
 }
 
@@ -46,6 +46,18 @@ impl Shared {
     /// Loads every key file the configuration names and starts the JWKS
     /// URL refreshers.
     pub fn start(config: &Config) -> Result<Arc<Shared>, String> {
+        Shared::start_after(config, None)
+    }
+
+    /// [`Shared::start`] for a reload from `old` (with its configuration):
+    /// the per-IP and per-identity tables are kept while
+    /// `max_tracked_clients` stays, and a route keeps its tables and its
+    /// connection count (by label), so that the live connections stay
+    /// counted against the new limits.
+    pub fn start_after(
+        config: &Config,
+        old: Option<(&Shared, &Config)>,
+    ) -> Result<Arc<Shared>, String> {
         let mut auths = Vec::new();
         let mut refreshers = Vec::new();
         for a in &config.auths {
@@ -72,17 +84,41 @@ impl Shared {
             auths.push(state);
         }
         let capacity = config.limits.max_tracked_clients;
+        let old = old.filter(|(_, c)| c.limits.max_tracked_clients == capacity);
+        let old_route = |label: &str| {
+            let (shared, c) = old?;
+            let i = c.routes.iter().position(|r| r.label == label)?;
+            Some((shared, i))
+        };
         let route_ip = config
             .routes
             .iter()
-            .map(|r| r.policy.ip_override.map(|_| KeyedLimiter::new(capacity)))
+            .map(|r| {
+                r.policy.ip_override.map(|_| {
+                    old_route(&r.label)
+                        .and_then(|(o, i)| o.route_ip[i].clone())
+                        .unwrap_or_else(|| KeyedLimiter::new(capacity))
+                })
+            })
+            .collect();
+        let route_active = config
+            .routes
+            .iter()
+            .map(|r| {
+                old_route(&r.label)
+                    .map(|(o, i)| Arc::clone(&o.route_active[i]))
+                    .unwrap_or_default()
+            })
             .collect();
         Ok(Arc::new(Shared {
             auths,
-            ip: KeyedLimiter::new(capacity),
+            ip: old.map_or_else(|| KeyedLimiter::new(capacity), |(o, _)| Arc::clone(&o.ip)),
             route_ip,
-            identity: KeyedLimiter::new(capacity),
-            route_active: config.routes.iter().map(|_| AtomicU32::new(0)).collect(),
+            identity: old.map_or_else(
+                || KeyedLimiter::new(capacity),
+                |(o, _)| Arc::clone(&o.identity),
+            ),
+            route_active,
             refreshers: Mutex::new(refreshers),
         }))
     }
@@ -116,10 +152,7 @@ impl Shared {
                 (n < max).then_some(n + 1)
             })
             .ok()?;
-        Some(RouteSlot {
-            shared: Arc::clone(self),
-            route,
-        })
+        Some(RouteSlot(Arc::clone(counter)))
     }
 
     /// Stops the JWKS refreshers.
@@ -132,14 +165,11 @@ impl Shared {
 
 /// One connection counted on its route until dropped.
 #[derive(Debug)]
-pub struct RouteSlot {
-    shared: Arc<Shared>,
-    route: usize,
-}
+pub struct RouteSlot(Arc<AtomicU32>);
 
 impl Drop for RouteSlot {
     fn drop(&mut self) {
-        self.shared.route_active[self.route].fetch_sub(1, Ordering::AcqRel);
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
