@@ -66,7 +66,8 @@ impl std::fmt::Debug for Moving {
 pub struct Reloaded {
     /// The generation now serving (1 at start, one more per reload).
     pub generation: u64,
-    /// Listeners bound by this reload.
+    /// Listeners bound by this reload (the addresses bound: a port 0
+    /// resolved).
     pub added: Vec<SocketAddr>,
     /// Listeners closed by this reload.
     pub removed: Vec<SocketAddr>,
@@ -155,7 +156,9 @@ impl Reloader {
                     l.address
                 ));
             }
-            if moving.bound.contains(&l.address) || added.contains(&l.address) {
+            if moving.bound.contains(&l.address)
+                || added_socks[0].iter().any(|(a, _)| *a == l.address)
+            {
                 continue;
             }
             let socks = match bind_all(l.address, l.backlog, n) {
@@ -165,10 +168,11 @@ impl Reloader {
                     return Err(format!("cannot listen on {}: {e}", l.address));
                 }
             };
+            let actual = socks[0].local_addr().unwrap_or(l.address);
             for (w, s) in socks.into_iter().enumerate() {
                 added_socks[w].push((l.address, s));
             }
-            added.push(l.address);
+            added.push(actual);
         }
         let removed: Vec<SocketAddr> = moving
             .bound

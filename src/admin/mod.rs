@@ -80,16 +80,49 @@ impl AdminView {
         }
     }
 
-    /// This view with the generation current now.
-    fn refreshed(&self) -> AdminView {
-        match &self.reload {
-            Some(live) => AdminView::new(
+}
+
+/// What the accept loop makes each request's view from: a running
+/// server's views are of the generation current when the request comes
+/// (the loop holds none, so an old generation is freed once its
+/// connections end).
+enum Views {
+    Live {
+        live: Arc<crate::reload::Reloader>,
+        stats: Vec<Arc<Stats>>,
+        draining: Arc<AtomicBool>,
+        control: Vec<crate::control::ControlSender>,
+    },
+    Fixed(Box<AdminView>),
+}
+
+impl Views {
+    fn of(view: AdminView) -> Views {
+        match view.reload {
+            Some(live) => Views::Live {
+                live,
+                stats: view.stats,
+                draining: view.draining,
+                control: view.control,
+            },
+            None => Views::Fixed(Box::new(view)),
+        }
+    }
+
+    fn now(&self) -> AdminView {
+        match self {
+            Views::Live {
+                live,
+                stats,
+                draining,
+                control,
+            } => AdminView::new(
                 Arc::clone(live),
-                self.stats.clone(),
-                Arc::clone(&self.draining),
-                self.control.clone(),
+                stats.clone(),
+                Arc::clone(draining),
+                control.clone(),
             ),
-            None => self.clone(),
+            Views::Fixed(v) => (**v).clone(),
         }
     }
 }
@@ -188,6 +221,7 @@ impl Auth {
 }
 
 fn serve(listener: TcpListener, view: AdminView, auth: Arc<Auth>, stop: Arc<AtomicBool>) {
+    let views = Views::of(view);
     let in_flight = Arc::new(AtomicUsize::new(0));
     for conn in listener.incoming() {
         if stop.load(Ordering::Acquire) {
@@ -201,7 +235,7 @@ fn serve(listener: TcpListener, view: AdminView, auth: Arc<Auth>, stop: Arc<Atom
             std::thread::sleep(Duration::from_millis(5));
         }
         in_flight.fetch_add(1, Ordering::AcqRel);
-        let (view, auth, count) = (view.refreshed(), Arc::clone(&auth), Arc::clone(&in_flight));
+        let (view, auth, count) = (views.now(), Arc::clone(&auth), Arc::clone(&in_flight));
         let spawned = std::thread::Builder::new()
             .name("wsedge-admin-req".into())
             .spawn(move || {
