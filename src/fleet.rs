@@ -215,7 +215,16 @@ impl Fleet {
                     maglev: None,
                     generation: prev.generation,
                 };
-                let st = state_with(u, ServerSet::build(u, u.servers.clone(), Some(&reusable), prev.generation + 1, now));
+                let st = state_with(
+                    u,
+                    ServerSet::build(
+                        u,
+                        u.servers.clone(),
+                        Some(&reusable),
+                        prev.generation + 1,
+                        now,
+                    ),
+                );
                 let set = st.current();
                 let old_drains = ost.drains.lock().unwrap_or_else(|e| e.into_inner());
                 let mut drains = st.drains.lock().unwrap_or_else(|e| e.into_inner());

@@ -27,6 +27,18 @@ use crate::resolve::{self, Resolver, Resolving};
 use crate::server::{Source, reload_files};
 use crate::tls::setup::TlsSetup;
 
+/// Reloads that switched, and reloads refused.
+static RELOADS: [std::sync::atomic::AtomicU64; 2] = [
+    std::sync::atomic::AtomicU64::new(0),
+    std::sync::atomic::AtomicU64::new(0),
+];
+
+/// Reloads done and refused since the process started.
+pub fn counts() -> (u64, u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    (RELOADS[0].load(Relaxed), RELOADS[1].load(Relaxed))
+}
+
 /// How long the workers get to switch (each does it between two tasks:
 /// microseconds, unless one is stuck).
 const SWITCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -110,6 +122,7 @@ impl Reloader {
             };
         };
         let result = self.switch(&mut moving, &old, source);
+        RELOADS[usize::from(result.is_err())].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match &result {
             Ok(r) => {
                 for w in &r.warnings {
@@ -138,6 +151,15 @@ impl Reloader {
         (source.adjust)(&mut config);
         let mut warnings = config.warnings();
         warnings.extend(keep_restart_only(&old.config, &mut config, moving.echo));
+        let tls_anywhere = config.listeners.iter().any(|l| l.tls.is_some())
+            || config.upstreams.iter().any(|u| u.tls.is_some());
+        if tls_anywhere && config.limits.buffer_size < crate::config::MIN_TLS_BUFFER {
+            return Err(format!(
+                "TLS needs limits.buffer_size of at least {} bytes, and the running buffers are {} bytes (the buffer size changes on restart only): restart to add TLS",
+                crate::config::MIN_TLS_BUFFER,
+                config.limits.buffer_size
+            ));
+        }
         let (tls, tls_warnings) = TlsSetup::build(&config).map_err(|e| format!("TLS: {e}"))?;
         warnings.extend(tls_warnings);
         let policy = Shared::start_after(&config, Some((&old.policy, &old.config)))?;

@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{Balance, ProxyVersion, Server};
 use crate::fleet;
+use crate::generation::WorkerGen;
 use crate::policy::admit::{self, Admission};
 use crate::policy::client_ip::client_addr;
 use crate::policy::refusal::{Reason, Refusal};
@@ -44,7 +45,6 @@ use crate::relay::{Ending, Outcome, Relay, RelayConfig, Tag};
 use crate::route::RequestView;
 use crate::tls::{self, Established, TlsStream};
 use crate::transport::{self, Stream, Transport, into_poll};
-use crate::generation::WorkerGen;
 use crate::worker::WorkerCtx;
 
 /// Which side of the proxy a handshake failure comes from (pingora's

@@ -235,4 +235,3 @@ pub struct WsStats {
     /// Client TLS handshakes by version (0: 1.2, 1: 1.3).
     pub tls_versions: [Counter; 2],
 }
-

@@ -26,7 +26,9 @@ fn scratch(name: &str) -> PathBuf {
 /// A configuration: `/` to `servers`, on 127.0.0.1:0 and on `extra`
 /// listeners; an admin endpoint.
 fn config_text(servers: &[SocketAddr], extra: &[&str]) -> String {
-    let mut t = String::from("[admin]\naddress = \"127.0.0.1:0\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n");
+    let mut t = String::from(
+        "[admin]\naddress = \"127.0.0.1:0\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n",
+    );
     for a in extra {
         t.push_str(&format!("[[listener]]\naddress = \"{a}\"\n"));
     }
@@ -66,18 +68,31 @@ async fn round_trip(client: &mut Client, backend: &mut BackendWs, text: &str) {
         .expect("backend open")
         .expect("backend reads");
     assert_eq!(got, Message::text(text));
-    backend.send(Message::text(format!("re: {text}"))).await.unwrap();
-    assert_eq!(next_data(client).await, Message::text(format!("re: {text}")));
+    backend
+        .send(Message::text(format!("re: {text}")))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_data(client).await,
+        Message::text(format!("re: {text}"))
+    );
 }
 
 /// A POST to the admin endpoint: (status, body).
 async fn admin_post(admin: SocketAddr, path: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
-    s.write_all(format!("POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes())
+    s.write_all(
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    within("the admin answer", s.read_to_end(&mut out))
         .await
         .unwrap();
-    let mut out = Vec::new();
-    within("the admin answer", s.read_to_end(&mut out)).await.unwrap();
     let text = String::from_utf8_lossy(&out).to_string();
     let status = text
         .split_whitespace()
@@ -148,7 +163,10 @@ async fn reload_switches_new_connections_only(driver: IoDriver) {
     let _ = expect_close(&mut old).await;
     let deadline = Instant::now() + STEP;
     while first.upgrade().is_some() {
-        assert!(Instant::now() < deadline, "generation 1 outlived its last connection");
+        assert!(
+            Instant::now() < deadline,
+            "generation 1 outlived its last connection"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     round_trip(&mut new, &mut new_backend, "end").await;
@@ -175,7 +193,10 @@ async fn a_bad_reload_changes_nothing(driver: IoDriver) {
     assert!(err.contains(&format!(":{line}")), "line {line} in {err}");
     let (status, body) = admin_post(admin, "/api/reload").await;
     assert_eq!(status, 400, "{body}");
-    assert!(body.contains("nowhere") && body.contains(&format!(":{line}")), "{body}");
+    assert!(
+        body.contains("nowhere") && body.contains(&format!(":{line}")),
+        "{body}"
+    );
 
     assert_eq!(server.generation().serial, 1);
     assert_eq!(server.generation().config.listeners.len(), 1);
@@ -205,10 +226,13 @@ async fn named_echo(name: &'static str) -> SocketAddr {
             tokio::spawn(async move {
                 while let Some(Ok(m)) = ws.next().await {
                     match m {
-                        Message::Text(t) => {
-                            if ws.send(Message::text(format!("{name}: {t}"))).await.is_err() {
-                                break;
-                            }
+                        Message::Text(t)
+                            if ws
+                                .send(Message::text(format!("{name}: {t}")))
+                                .await
+                                .is_err() =>
+                        {
+                            break;
                         }
                         Message::Close(_) => {
                             let _ = ws.flush().await;
@@ -240,7 +264,13 @@ fn a_hundred_reloads_under_load() {
         let url = format!("ws://{}/", server.addrs[0]);
         let rss = || {
             let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-            statm.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 4096
+            statm
+                .split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+                * 4096
         };
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (sent, failed, handshakes) = (
@@ -266,7 +296,9 @@ fn a_hundred_reloads_under_load() {
                 let mut n = 0u64;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let text = format!("{i}-{n}");
-                    c.send(Message::text(text.clone())).await.expect("client sends");
+                    c.send(Message::text(text.clone()))
+                        .await
+                        .expect("client sends");
                     let Message::Text(got) = next_data(&mut c).await else {
                         panic!("a text answer");
                     };
@@ -283,8 +315,12 @@ fn a_hundred_reloads_under_load() {
             }));
         }
         let churn = {
-            let (url, stop, failed, handshakes) =
-                (url.clone(), Arc::clone(&stop), Arc::clone(&failed), Arc::clone(&handshakes));
+            let (url, stop, failed, handshakes) = (
+                url.clone(),
+                Arc::clone(&stop),
+                Arc::clone(&failed),
+                Arc::clone(&handshakes),
+            );
             tokio::spawn(async move {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     match tokio_tungstenite::connect_async(url.as_str()).await {

@@ -49,6 +49,34 @@ pub fn render(view: &AdminView) -> String {
     o.sample("wsedge_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);
     o.family("wsedge_workers", "gauge", "Worker threads.");
     o.sample("wsedge_workers", &[], view.stats.len());
+    o.family(
+        "wsedge_config_generation",
+        "gauge",
+        "The configuration generation new connections start under (1 at start, one more per reload).",
+    );
+    o.sample("wsedge_config_generation", &[], view.generation.serial);
+    o.family(
+        "wsedge_config_generations_live",
+        "gauge",
+        "Configuration generations in memory: the current one and those still held by connections that started under an older one.",
+    );
+    o.sample(
+        "wsedge_config_generations_live",
+        &[],
+        crate::generation::live(),
+    );
+    o.family(
+        "wsedge_config_reloads_total",
+        "counter",
+        "Reloads (SIGHUP, POST /api/reload) by result: a failed one changed nothing.",
+    );
+    let (ok, failed) = crate::reload::counts();
+    o.sample("wsedge_config_reloads_total", &[("result", "ok")], ok);
+    o.sample(
+        "wsedge_config_reloads_total",
+        &[("result", "failed")],
+        failed,
+    );
 
     o.family(
         "wsedge_connections_accepted_total",

@@ -79,7 +79,6 @@ impl AdminView {
             reload: Some(live),
         }
     }
-
 }
 
 /// What the accept loop makes each request's view from: a running
@@ -336,10 +335,7 @@ fn reload(view: &AdminView) -> Response {
                 "warnings": d.warnings,
             }),
         ),
-        Err(e) => Response::json(
-            400,
-            &serde_json::json!({ "error": e, "changed": false }),
-        ),
+        Err(e) => Response::json(400, &serde_json::json!({ "error": e, "changed": false })),
     }
 }
 

@@ -222,7 +222,7 @@ fn default_backlog() -> u32 {
 }
 
 /// With TLS, a relay buffer holds a whole record and the start of a frame.
-const MIN_TLS_BUFFER: usize = MAX_RECORD + 1024;
+pub(crate) const MIN_TLS_BUFFER: usize = MAX_RECORD + 1024;
 const TLS_BUFFER_MESSAGE: &str =
     "limits.buffer_size must be at least 18KiB with TLS (a TLS record is up to 16KiB + 261 bytes)";
 
