@@ -403,6 +403,11 @@ impl Active {
     pub fn slot_key(&self) -> usize {
         slot_key(&self.0)
     }
+
+    /// Its server.
+    pub fn slot(&self) -> &ServerSlot {
+        &self.0
+    }
 }
 
 impl Drop for Active {

@@ -505,6 +505,10 @@ fn ws_counts(ctx: &WorkerCtx, relay: &Relayed, info: &Info, outcome: &Outcome) {
     use crate::stats::close_code_bucket;
     let ws = &ctx.stats.ws;
     ws.endings[outcome.ending.label_index()].inc();
+    info.active.slot().record_ended(
+        [outcome.client.messages, outcome.backend.messages],
+        [outcome.client.bytes, outcome.backend.bytes],
+    );
     if let Some(r) = info.generation.routes.get(info.route) {
         r.ended.inc();
         for (i, d) in [&outcome.client, &outcome.backend].into_iter().enumerate() {

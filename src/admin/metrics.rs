@@ -477,6 +477,37 @@ fn servers(o: &mut Out, view: &AdminView) {
         u64::from(s.pending())
     });
     o.family(
+        "wsedge_server_connections_ended_total",
+        "counter",
+        "Relayed connections to the server that ended.",
+    );
+    each(o, "wsedge_server_connections_ended_total", &|s| s.ended());
+    for (family, help, f) in [
+        (
+            "wsedge_server_messages_total",
+            "Data messages relayed to and from the server, by the leg that sent them (counted when a connection ends).",
+            crate::balance::server::ServerSlot::messages as fn(&crate::balance::server::ServerSlot, usize) -> u64,
+        ),
+        (
+            "wsedge_server_bytes_total",
+            "Bytes relayed to and from the server, by sending leg (counted when a connection ends).",
+            crate::balance::server::ServerSlot::bytes,
+        ),
+    ] {
+        o.family(family, "counter", help);
+        for (u, set) in view.config.upstreams.iter().zip(&sets) {
+            for s in &set.slots {
+                for (l, leg) in ["client", "backend"].iter().enumerate() {
+                    o.sample(
+                        family,
+                        &[("upstream", &u.name), ("server", s.addr()), ("from", leg)],
+                        f(s, l),
+                    );
+                }
+            }
+        }
+    }
+    o.family(
         "wsedge_server_ejections_total",
         "counter",
         "Times passive outlier detection ejected the server.",

@@ -72,6 +72,10 @@ pub struct ServerSlot {
     /// Ejected until this time; also the start of the slow-start ramp after
     /// an ejection ends.
     pub(super) ejected_until_ms: AtomicU64,
+    /// Relayed connections that ended, and their data messages and bytes
+    /// by sending leg (0: client, 1: backend), counted as each ends.
+    ended: AtomicU64,
+    traffic: [[AtomicU64; 2]; 2],
 }
 
 impl ServerSlot {
@@ -92,7 +96,35 @@ impl ServerSlot {
             failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
+            ended: AtomicU64::new(0),
+            traffic: Default::default(),
         }
+    }
+
+    /// Counts a relayed connection that ended, with the data messages and
+    /// bytes each leg sent (`[client, backend]`): once per connection.
+    pub fn record_ended(&self, messages: [u64; 2], bytes: [u64; 2]) {
+        self.ended.fetch_add(1, Relaxed);
+        for leg in 0..2 {
+            self.traffic[0][leg].fetch_add(messages[leg], Relaxed);
+            self.traffic[1][leg].fetch_add(bytes[leg], Relaxed);
+        }
+    }
+
+    /// Relayed connections that ended.
+    pub fn ended(&self) -> u64 {
+        self.ended.load(Relaxed)
+    }
+
+    /// Data messages sent by `leg` (0: client, 1: backend) over the
+    /// connections that ended.
+    pub fn messages(&self, leg: usize) -> u64 {
+        self.traffic[0][leg].load(Relaxed)
+    }
+
+    /// Bytes sent by `leg` over the connections that ended.
+    pub fn bytes(&self, leg: usize) -> u64 {
+        self.traffic[1][leg].load(Relaxed)
     }
 
     /// Marks it a backup: chosen only when no primary server is eligible.
