@@ -234,4 +234,29 @@ pub struct WsStats {
     pub ping_rtt_seconds: [Histogram; 2],
     /// Client TLS handshakes by version (0: 1.2, 1: 1.3).
     pub tls_versions: [Counter; 2],
+    /// Data messages by sending leg (0: client, 1: backend) and size
+    /// bucket ([`crate::relay::walk::MessageSizes`]), counted as they pass.
+    pub message_sizes: [SizeHistogram; 2],
+}
+
+/// Data messages by size, as [`crate::relay::walk::MessageSizes`] counts
+/// them.
+#[derive(Debug, Default)]
+pub struct SizeHistogram {
+    /// By bucket (not cumulative).
+    pub counts: [Counter; crate::relay::walk::MessageSizes::BUCKETS],
+    /// Their bytes.
+    pub bytes: Counter,
+}
+
+impl SizeHistogram {
+    /// Adds one read's messages.
+    pub fn record(&self, sizes: &crate::relay::walk::MessageSizes) {
+        for (c, &n) in self.counts.iter().zip(&sizes.counts) {
+            if n > 0 {
+                c.add(u64::from(n));
+            }
+        }
+        self.bytes.add(sizes.bytes);
+    }
 }

@@ -171,6 +171,7 @@ async fn worker_main(spec: WorkerSpec) {
             pool: Pool::new(buffer_size, POOL_KEEP),
             keys: RefCell::new(MaskKeyGen::from_os_rng()),
             shutdown: Shutdown::default(),
+            stats: Some(Arc::clone(&spec.stats)),
         }),
         stats: spec.stats,
         echo_addr: spec.echo.as_ref().and_then(|l| l.local_addr().ok()),

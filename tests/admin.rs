@@ -105,6 +105,10 @@ async fn probes_and_metrics_move_with_traffic(driver: IoDriver) {
     ws.read_frame().await;
     ws.send(&client_frame(true, op::PING, b"p")).await;
     ws.read_frame().await;
+    // A 300-byte message in two fragments: one message of 300 bytes.
+    ws.send(&client_frame(false, op::BINARY, &[7; 150])).await;
+    ws.send(&client_frame(true, op::CONT, &[8; 150])).await;
+    ws.read_frame().await;
     ws.send(&client_frame(true, op::CLOSE, &close_payload(4001, "bye")))
         .await;
     ws.read_close().await;
@@ -124,8 +128,27 @@ async fn probes_and_metrics_move_with_traffic(driver: IoDriver) {
     let series = |name: &str, labels: &str| format!("{name}{{route=\"{route}\",{labels}}}");
     assert_eq!(
         sample(&text, &series("wsedge_messages_total", "from=\"client\"")),
-        2.0
+        3.0
     );
+    // Sizes: 2 and 3 bytes (≤ 64), 300 (≤ 1 KiB), each way (an echo).
+    for from in ["client", "backend"] {
+        let bucket = |le: &str| {
+            sample(
+                &text,
+                &format!("wsedge_message_size_bytes_bucket{{from=\"{from}\",le=\"{le}\"}}"),
+            )
+        };
+        assert_eq!(bucket("64"), 2.0, "{from}");
+        assert_eq!(bucket("256"), 2.0, "{from}");
+        assert_eq!(bucket("1024"), 3.0, "{from}");
+        assert_eq!(bucket("+Inf"), 3.0, "{from}");
+        let sum = format!("wsedge_message_size_bytes_sum{{from=\"{from}\"}}");
+        assert_eq!(sample(&text, &sum), 305.0, "{from}");
+        let server = format!(
+            "wsedge_server_messages_total{{upstream=\"u\",server=\"{backend}\",from=\"{from}\"}}"
+        );
+        assert_eq!(sample(&text, &server), 3.0, "{from}");
+    }
     assert_eq!(
         sample(
             &text,
@@ -138,7 +161,7 @@ async fn probes_and_metrics_move_with_traffic(driver: IoDriver) {
             &text,
             &series("wsedge_frames_total", "from=\"backend\",opcode=\"binary\"")
         ),
-        1.0
+        2.0
     );
     assert_eq!(
         sample(

@@ -304,7 +304,10 @@ async fn reload_through_the_pid_file_and_the_api() {
     assert_eq!(r.status, 400, "{r:?}");
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     let error = v["error"].as_str().unwrap();
-    assert!(error.contains("wsedge.toml:") && error.contains("bogus"), "{error}");
+    assert!(
+        error.contains("wsedge.toml:") && error.contains("bogus"),
+        "{error}"
+    );
     assert_eq!(v["changed"], false);
     std::fs::write(&config, &text).unwrap();
     let r = reload().await;

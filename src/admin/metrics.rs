@@ -209,6 +209,38 @@ pub fn render(view: &AdminView) -> String {
     o.0
 }
 
+/// One leg's `wsedge_message_size_bytes`, summed over the workers.
+fn size_histogram(o: &mut Out, view: &AdminView, leg: &str, l: usize) {
+    use crate::relay::walk::MessageSizes;
+    let mut counts = [0u64; MessageSizes::BUCKETS];
+    let mut bytes = 0u64;
+    for s in &view.stats {
+        let h = &s.ws.message_sizes[l];
+        for (c, b) in counts.iter_mut().zip(&h.counts) {
+            *c += b.get();
+        }
+        bytes += h.bytes.get();
+    }
+    let mut cumulative = 0;
+    for (i, c) in counts.iter().enumerate() {
+        cumulative += c;
+        let le = MessageSizes::BOUNDS
+            .get(i)
+            .map_or("+Inf".to_string(), |b| b.to_string());
+        o.sample(
+            "wsedge_message_size_bytes_bucket",
+            &[("from", leg), ("le", &le)],
+            cumulative,
+        );
+    }
+    o.sample("wsedge_message_size_bytes_sum", &[("from", leg)], bytes);
+    o.sample(
+        "wsedge_message_size_bytes_count",
+        &[("from", leg)],
+        cumulative,
+    );
+}
+
 /// A histogram family: cumulative buckets, `_sum` (seconds) and `_count`,
 /// summed over the workers; `pick` selects one worker's histogram.
 fn histogram(
@@ -412,6 +444,14 @@ fn websocket(o: &mut Out, view: &AdminView) {
         &|s| &s.ws.connect_seconds,
     );
     o.family(
+        "wsedge_message_size_bytes",
+        "histogram",
+        "Data messages relayed, by sending leg and size (payload bytes of all their frames, as on the wire), counted as they pass.",
+    );
+    for (l, leg) in legs.iter().enumerate() {
+        size_histogram(o, view, leg, l);
+    }
+    o.family(
         "wsedge_ping_rtt_seconds",
         "histogram",
         "The last keepalive ping round trip of each ended connection that was pinged, by leg (ping_interval).",
@@ -486,7 +526,8 @@ fn servers(o: &mut Out, view: &AdminView) {
         (
             "wsedge_server_messages_total",
             "Data messages relayed to and from the server, by the leg that sent them (counted when a connection ends).",
-            crate::balance::server::ServerSlot::messages as fn(&crate::balance::server::ServerSlot, usize) -> u64,
+            crate::balance::server::ServerSlot::messages
+                as fn(&crate::balance::server::ServerSlot, usize) -> u64,
         ),
         (
             "wsedge_server_bytes_total",

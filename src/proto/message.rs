@@ -146,6 +146,13 @@ impl MessageState {
         Ok(())
     }
 
+    /// The payload bytes of the message in progress (or of the one that
+    /// just ended), over all its frames.
+    #[inline]
+    pub fn message_size(&self) -> u64 {
+        self.size
+    }
+
     /// Whether a fragmented message is in progress.
     pub fn in_message(&self) -> bool {
         self.msg != InMessage::None

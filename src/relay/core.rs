@@ -36,7 +36,9 @@ use crate::proto::mask::MaskKeyGen;
 
 use super::closing::{Closing, TcpAction};
 use super::limit::{OnLimit, Policy};
-use super::walk::{Event, FrameCounts, Output, PING_TOKEN_LEN, WalkConfig, WalkOpts, Walker};
+use super::walk::{
+    Event, FrameCounts, MessageSizes, Output, PING_TOKEN_LEN, WalkConfig, WalkOpts, Walker,
+};
 use super::{Ending, Leg, Outcome, RelayConfig};
 
 /// Counters of one direction (named by the leg that sends).
@@ -240,8 +242,16 @@ impl Core {
     /// `buf` holds what [`Core::begin_read`] put there followed by bytes
     /// just read from `leg`. Walks them in place; returns `n`: write
     /// `buf[..n]` to the other leg, then call [`Core::on_forwarded`]. With
-    /// `n == 0` nothing is to be written (and no call is owed).
-    pub fn on_read(&mut self, leg: Leg, buf: &mut [u8], now: u64, keys: &mut MaskKeyGen) -> usize {
+    /// `n == 0` nothing is to be written (and no call is owed). The data
+    /// messages that ended in `buf` are added to `sizes`.
+    pub fn on_read(
+        &mut self,
+        leg: Leg,
+        buf: &mut [u8],
+        now: u64,
+        keys: &mut MaskKeyGen,
+        sizes: &mut MessageSizes,
+    ) -> usize {
         let now = self.tick(now);
         let s = leg as usize;
         let dst = leg.other();
@@ -279,6 +289,9 @@ impl Core {
             keys,
         );
         d.messages += walk.messages as u64;
+        if walk.messages > 0 {
+            sizes.add(&walk.sizes);
+        }
         if walk.own_pong {
             if let Some(ka) = &mut self.keepalive {
                 let ka = &mut ka[s];

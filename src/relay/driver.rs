@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use monoio::time::Sleep;
 
 use super::closing::TcpAction;
+use super::walk::MessageSizes;
 use super::{Core, Leg, Outcome, RelayConfig, Worker};
 use crate::pool::PoolBuf;
 use crate::transport::Transport;
@@ -223,7 +224,19 @@ fn poll_dir<S: Transport, D: Transport>(
                 }
             },
         };
-        let end = core.on_read(sl, &mut buf[..carried + n], now, &mut w.keys.borrow_mut());
+        let mut sizes = MessageSizes::default();
+        let end = core.on_read(
+            sl,
+            &mut buf[..carried + n],
+            now,
+            &mut w.keys.borrow_mut(),
+            &mut sizes,
+        );
+        if sizes.counts.iter().any(|&n| n > 0)
+            && let Some(stats) = &w.stats
+        {
+            stats.ws.message_sizes[sl as usize].record(&sizes);
+        }
         if end > 0 {
             *out = Some(Out {
                 buf,

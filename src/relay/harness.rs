@@ -12,6 +12,7 @@ use crate::proto::close::CloseCode;
 use crate::proto::mask::MaskKeyGen;
 
 use super::closing::TcpAction;
+use super::walk::MessageSizes;
 use super::{Core, Ending, Leg, Outcome, RelayConfig};
 
 /// One leg as the core sees it.
@@ -49,6 +50,8 @@ pub struct Pair {
     pub legs: [Pipe; 2],
     /// Size of each read buffer (like the pool's buffers).
     pub buffer_size: usize,
+    /// Data messages read from each leg, by size.
+    pub sizes: [MessageSizes; 2],
     in_flight: [Option<(Vec<u8>, usize)>; 2],
     outcome: Option<Outcome>,
 }
@@ -63,6 +66,7 @@ impl Pair {
             now,
             legs: [Pipe::default(), Pipe::default()],
             buffer_size: buffer_size.max(64),
+            sizes: Default::default(),
             in_flight: [None, None],
             outcome: None,
         }
@@ -219,7 +223,9 @@ impl Pair {
             buf[carried + i] = b;
         }
         buf.truncate(carried + n);
-        let end = self.core.on_read(sl, &mut buf, now, &mut self.keys);
+        let end = self
+            .core
+            .on_read(sl, &mut buf, now, &mut self.keys, &mut self.sizes[s]);
         if end > 0 {
             buf.truncate(end);
             self.in_flight[s] = Some((buf, 0));

@@ -395,6 +395,8 @@ pub struct Worker {
     pub keys: RefCell<MaskKeyGen>,
     /// The worker's shutdown flag.
     pub shutdown: Shutdown,
+    /// The worker's counters (message sizes are counted as they pass).
+    pub stats: Option<std::sync::Arc<crate::stats::Stats>>,
 }
 
 impl fmt::Display for Ending {

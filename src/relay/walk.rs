@@ -94,6 +94,61 @@ pub struct Walk {
     pub own_pong: bool,
     /// Data messages that ended in this buffer.
     pub messages: u32,
+    /// Those messages by size.
+    pub sizes: MessageSizes,
+}
+
+/// Data messages by size: the payload bytes of all their frames as they
+/// crossed the wire (compressed, with permessage-deflate), in buckets of
+/// up to 64 B, 256 B, 1 KiB, 4 KiB, 16 KiB, 64 KiB, 256 KiB, 1 MiB, and
+/// more.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MessageSizes {
+    /// Messages by bucket.
+    pub counts: [u32; MessageSizes::BUCKETS],
+    /// Their bytes, all buckets.
+    pub bytes: u64,
+}
+
+impl MessageSizes {
+    /// Buckets, the last unbounded.
+    pub const BUCKETS: usize = 9;
+    /// The bounded buckets' upper bounds (inclusive), in bytes.
+    pub const BOUNDS: [u64; MessageSizes::BUCKETS - 1] = [
+        64,
+        256,
+        1 << 10,
+        4 << 10,
+        16 << 10,
+        64 << 10,
+        256 << 10,
+        1 << 20,
+    ];
+
+    /// The bucket of a message of `len` bytes: one per factor of 4 above
+    /// 64 B, from the bit length of `len - 1`.
+    #[inline]
+    pub fn bucket(len: u64) -> usize {
+        let bits = 64 - len.saturating_sub(1).leading_zeros();
+        (bits.saturating_sub(5) / 2).min(Self::BUCKETS as u32 - 1) as usize
+    }
+
+    /// Counts a message of `len` bytes.
+    #[inline]
+    pub fn count(&mut self, len: u64) {
+        let b = &mut self.counts[Self::bucket(len)];
+        *b = b.wrapping_add(1);
+        self.bytes = self.bytes.wrapping_add(len);
+    }
+
+    /// Adds `other`'s counts to these.
+    #[inline]
+    pub fn add(&mut self, other: &MessageSizes) {
+        for (total, n) in self.counts.iter_mut().zip(other.counts) {
+            *total = total.wrapping_add(n);
+        }
+        self.bytes = self.bytes.wrapping_add(other.bytes);
+    }
 }
 
 /// Frames seen, by opcode: continuation, text, binary, close, ping, pong.
@@ -204,6 +259,7 @@ impl Walker {
             frame_start: None,
             own_pong: false,
             messages: 0,
+            sizes: MessageSizes::default(),
             cut_open: false,
         };
         let event = self.walk_inner(buf, &opts, keys, &mut w);
@@ -223,6 +279,7 @@ impl Walker {
             event,
             own_pong: w.own_pong,
             messages: w.messages,
+            sizes: w.sizes,
         }
     }
 
@@ -271,6 +328,7 @@ impl Walker {
                 }
                 if fin && !opcode.is_control() {
                     st.messages += 1;
+                    st.sizes.count(self.msg.message_size());
                 }
                 st.frame_start = None;
                 continue;
@@ -412,6 +470,7 @@ struct Walked {
     frame_start: Option<usize>,
     own_pong: bool,
     messages: u32,
+    sizes: MessageSizes,
     /// An error cut a frame whose header already went out.
     cut_open: bool,
 }
@@ -496,6 +555,58 @@ mod tests {
         assert_eq!(walk.event, None);
         assert_eq!(&buf[..walk.out_end], b"\x81\x05hello\x8a\x01p");
         assert_eq!(walk.messages, 1);
+    }
+
+    #[test]
+    fn message_size_buckets_match_their_bounds() {
+        // The bit trick against the bounds it stands for, at and around
+        // every bound, and at the extremes.
+        let reference = |len: u64| {
+            MessageSizes::BOUNDS
+                .iter()
+                .position(|&b| len <= b)
+                .unwrap_or(MessageSizes::BUCKETS - 1)
+        };
+        let mut lens = vec![0, 1, 2, 3, u64::MAX - 1, u64::MAX];
+        for b in MessageSizes::BOUNDS {
+            lens.extend([b - 1, b, b + 1]);
+        }
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..10_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            lens.push(x >> (x % 64));
+        }
+        for len in lens {
+            assert_eq!(MessageSizes::bucket(len), reference(len), "{len}");
+        }
+    }
+
+    #[test]
+    fn a_fragmented_message_is_counted_once_at_its_full_size() {
+        let mut stream = masked(OpCode::Binary, false, &[1; 150], [1, 2, 3, 4]);
+        stream.extend(masked(OpCode::Ping, true, b"p", [9, 9, 9, 9]));
+        stream.extend(masked(OpCode::Continuation, true, &[2; 150], [5, 6, 7, 8]));
+        stream.extend(masked(OpCode::Text, true, b"", [5, 6, 7, 8]));
+        for split in 0..=stream.len() {
+            let mut w = Walker::new(&client_cfg(Output::Keep));
+            let mut keys = MaskKeyGen::from_seed([1; 32]);
+            let mut total = MessageSizes::default();
+            for part in [&stream[..split], &stream[split..]] {
+                let mut buf = vec![0u8; MAX_HEADER_LEN + part.len()];
+                let c = w.put_carry(&mut buf);
+                buf.truncate(c + part.len());
+                buf[c..].copy_from_slice(part);
+                let walk = w.walk(&mut buf, opts(), &mut keys);
+                assert_eq!(walk.event, None);
+                total.add(&walk.sizes);
+            }
+            let mut want = MessageSizes::default();
+            want.count(300);
+            want.count(0);
+            assert_eq!(total, want, "split at {split}");
+        }
     }
 
     #[test]
