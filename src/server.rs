@@ -432,12 +432,18 @@ fn check_open_files(config: &Config, workers: usize) {
     }
 }
 
-/// Blocks the calling thread until SIGINT or SIGTERM arrives, reloading
-/// the TLS certificates of `server` on each SIGHUP meanwhile. Call
-/// [`block_shutdown_signals`] first, before any thread is started.
+/// Blocks the calling thread until SIGINT, SIGTERM or SIGUSR2 arrives
+/// (returned: SIGUSR2 asks for a binary upgrade, which the caller starts),
+/// reloading the TLS certificates of `server` on each SIGHUP meanwhile.
+/// Call [`block_shutdown_signals`] first, before any thread is started.
 pub fn wait_for_shutdown_signal(server: &Server) -> i32 {
     loop {
-        let sig = crate::sys::wait_for_signals(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
+        let sig = crate::sys::wait_for_signals(&[
+            libc::SIGINT,
+            libc::SIGTERM,
+            libc::SIGHUP,
+            libc::SIGUSR2,
+        ]);
         if sig != libc::SIGHUP {
             return sig;
         }
@@ -448,8 +454,9 @@ pub fn wait_for_shutdown_signal(server: &Server) -> i32 {
     }
 }
 
-/// Blocks SIGINT, SIGTERM and SIGHUP in this thread and every thread it
-/// starts afterwards, so that [`wait_for_shutdown_signal`] receives them.
+/// Blocks SIGINT, SIGTERM, SIGHUP and SIGUSR2 in this thread and every
+/// thread it starts afterwards, so that [`wait_for_shutdown_signal`]
+/// receives them.
 pub fn block_shutdown_signals() {
-    crate::sys::block_signals(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
+    crate::sys::block_signals(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGUSR2]);
 }
