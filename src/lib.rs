@@ -32,6 +32,7 @@ pub mod session;
 pub mod stats;
 pub mod tls;
 pub mod transport;
+pub mod upgrade;
 pub mod worker;
 
 mod sys;

@@ -1,8 +1,10 @@
 //! Listening sockets: one per worker per address, all bound with
-//! `SO_REUSEPORT` so the kernel spreads connections over the workers.
+//! `SO_REUSEPORT` so the kernel spreads connections over the workers (or
+//! inherited from the process that started this one by an upgrade).
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -18,21 +20,50 @@ pub fn bind_reuseport(addr: SocketAddr, backlog: u32) -> io::Result<std::net::Tc
     Ok(socket.into())
 }
 
-/// Binds one socket per worker on `addr`. With port 0, the first socket's
-/// port is used for the others.
+/// Binds one socket per worker on `addr` (at least; hand socket `i` to
+/// worker `i % workers`). With port 0, the first socket's port is used
+/// for the others.
+///
+/// Sockets inherited from an upgrading process for `addr`
+/// ([`crate::upgrade`]) are taken instead of binding: the same kernel
+/// sockets, accept queues included. More workers than inherited sockets:
+/// the rest are bound with `SO_REUSEPORT` beside them. Fewer: all are
+/// returned, and some workers accept on several (closing one would reset
+/// the clients queued on it). Sockets on a fixed port are
+/// [`crate::upgrade::remember`]ed for the next upgrade.
 pub fn bind_all(
     addr: SocketAddr,
     backlog: u32,
     workers: usize,
 ) -> io::Result<Vec<std::net::TcpListener>> {
-    if addr.port() != 0 {
-        refuse_shared(addr)?;
+    let workers = workers.max(1);
+    let mut all = match crate::upgrade::take_inherited(addr) {
+        Some(inherited) => inherited,
+        None => {
+            if addr.port() != 0 {
+                refuse_shared(addr)?;
+            }
+            vec![bind_reuseport(addr, backlog)?]
+        }
+    };
+    let actual = all[0].local_addr()?;
+    if all.len() > workers {
+        tracing::info!(
+            address = %actual,
+            inherited = all.len(),
+            workers,
+            "more inherited sockets than workers: some workers accept on several"
+        );
     }
-    let first = bind_reuseport(addr, backlog)?;
-    let actual = first.local_addr()?;
-    let mut all = vec![first];
-    for _ in 1..workers {
+    for s in &all {
+        s.set_nonblocking(true)?;
+    }
+    while all.len() < workers {
         all.push(bind_reuseport(actual, backlog)?);
+    }
+    if addr.port() != 0 {
+        let fds: Vec<_> = all.iter().map(|s| s.as_raw_fd()).collect();
+        crate::upgrade::remember(actual, &fds);
     }
     Ok(all)
 }

@@ -80,6 +80,13 @@ struct Args {
     /// when it has an error.
     #[arg(long, requires = "config")]
     reload: bool,
+    /// Binary upgrade: tell the running wsedge (the process in the
+    /// configuration's pid_file) to start the binary again (the new version
+    /// when the file was replaced), hand it the listening sockets and drain
+    /// once it is ready. The file is checked first, and nothing is sent
+    /// when it has an error. Same as SIGUSR2.
+    #[arg(long, requires = "config", conflicts_with = "reload")]
+    upgrade: bool,
     /// Do not pin workers to cores (containers with CPU quotas).
     #[arg(long)]
     no_pin: bool,
@@ -119,6 +126,19 @@ fn main() -> ExitCode {
     if args.reload {
         return reload(args.config.as_deref().unwrap_or(std::path::Path::new("")));
     }
+    if args.upgrade {
+        return upgrade(args.config.as_deref().unwrap_or(std::path::Path::new("")));
+    }
+    // Started by an upgrade: take the listening sockets handed on.
+    // SAFETY: no other thread runs yet (argument parsing and the branches
+    // above start none), and the descriptors named are this process's alone.
+    let inherited = match unsafe { wsedge::upgrade::adopt_from_env() } {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("wsedge: upgrade: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     // `--listen` alone serves the built-in echo server: only on loopback,
     // unless asked for by name (`--upstream builtin:echo`).
     if args.upstream.is_empty() {
@@ -167,6 +187,12 @@ fn main() -> ExitCode {
         eprintln!("wsedge: {e}");
         return ExitCode::FAILURE;
     }
+    if inherited.upgrade {
+        tracing::info!(
+            sockets = ?inherited.sockets,
+            "started by a binary upgrade: taking over the listening sockets"
+        );
+    }
     let uses_echo = config.uses_builtin_echo();
     let config_pid_file = config.pid_file.clone();
     let config_listeners: Vec<bool> = config.listeners.iter().map(|l| l.tls.is_some()).collect();
@@ -191,6 +217,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    for addr in wsedge::upgrade::close_unclaimed() {
+        tracing::warn!(%addr, "an inherited listening socket of {addr} is not in the configuration any more: closed");
+    }
     let pid_file = config_pid_file.as_ref().and_then(|path| {
         match std::fs::write(path, format!("{}\n", std::process::id())) {
             Ok(()) => Some(path.clone()),
@@ -212,25 +241,60 @@ fn main() -> ExitCode {
             );
         }
     }
-    // systemd (Type=notify): the listeners are bound, the workers run.
-    if let Err(e) = wsedge::notify::ready() {
+    // systemd (Type=notify): the listeners are bound, the workers run. After
+    // an upgrade this process becomes the main one (NotifyAccess=all).
+    let notified = if inherited.upgrade {
+        wsedge::notify::ready_as_main_process()
+    } else {
+        wsedge::notify::ready()
+    };
+    if let Err(e) = notified {
         tracing::warn!("cannot notify the service manager: {e}");
     }
-    let sig = server::wait_for_shutdown_signal(&server);
-    let _ = wsedge::notify::stopping();
-    if sig == libc::SIGTERM {
+    // The old process drains once it reads this.
+    if let Err(e) = wsedge::upgrade::report_ready() {
+        tracing::warn!("upgrade: cannot report ready to the old process: {e}");
+    }
+    let stats = server.stats.clone();
+    let sig = loop {
+        let sig = server::wait_for_shutdown_signal(&server);
+        if sig != libc::SIGUSR2 {
+            break sig;
+        }
+        tracing::info!("SIGUSR2: binary upgrade: starting the new process");
+        match wsedge::upgrade::start_new_binary(wsedge::upgrade::READY_TIMEOUT) {
+            Ok(pid) => {
+                tracing::info!(
+                    new_pid = pid,
+                    "upgrade: process {pid} is ready and serves; this one drains"
+                );
+                break sig;
+            }
+            Err(e) => tracing::error!("upgrade failed: {e}; this process goes on serving"),
+        }
+    };
+    if sig == libc::SIGUSR2 {
+        // No STOPPING=1: the service goes on, in the new process.
+        server.drain_and_shutdown();
+    } else if sig == libc::SIGTERM {
+        let _ = wsedge::notify::stopping();
         // A service manager or an orchestrator: drain, paced.
         tracing::info!(signal = sig, "SIGTERM: draining");
         server.drain_and_shutdown();
     } else {
+        let _ = wsedge::notify::stopping();
         // Ctrl-C in a terminal: the same, without the pacing.
         tracing::info!(signal = sig, "shutting down: closing connections with 1001");
         server.shutdown();
     }
     if let Some(path) = pid_file {
-        let _ = std::fs::remove_file(path);
+        remove_pid_file_if_ours(&path);
     }
-    tracing::info!("stopped");
+    let accepted = wsedge::stats::sum(&stats)
+        .into_iter()
+        .find(|(name, _)| *name == "accepted")
+        .map_or(0, |(_, n)| n);
+    tracing::info!(pid = std::process::id(), accepted, "stopped");
     ExitCode::SUCCESS
 }
 
@@ -273,49 +337,114 @@ impl Overrides {
     }
 }
 
+/// Removes the pid file unless it names another process (the new one of
+/// a binary upgrade wrote its own id there).
+fn remove_pid_file_if_ours(path: &std::path::Path) {
+    match std::fs::read_to_string(path) {
+        Ok(text) if text.trim() == std::process::id().to_string() => {
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(text) => tracing::info!(
+            "pid_file {} names process {}: left in place",
+            path.display(),
+            text.trim()
+        ),
+        Err(_) => {}
+    }
+}
+
 /// `wsedge --reload --config FILE`: checks FILE, then sends SIGHUP to the
 /// process named by its `pid_file`.
 fn reload(path: &std::path::Path) -> ExitCode {
+    match signal_running(path, libc::SIGHUP, "--reload", "SIGHUP") {
+        Ok((pid, _)) => {
+            println!(
+                "wsedge: sent SIGHUP to process {pid}: it reloads {} (its log says what changed; open connections keep their configuration)",
+                path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+/// `wsedge --upgrade --config FILE`: checks FILE, sends SIGUSR2 to the
+/// process named by its `pid_file`, and waits for the pid file to name the
+/// new process.
+fn upgrade(path: &std::path::Path) -> ExitCode {
+    let (pid, pid_file) = match signal_running(path, libc::SIGUSR2, "--upgrade", "SIGUSR2") {
+        Ok(sent) => sent,
+        Err(code) => return code,
+    };
+    println!("wsedge: sent SIGUSR2 to process {pid}: it starts the new binary");
+    let limit = wsedge::upgrade::READY_TIMEOUT + std::time::Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if let Ok(new) = read_pid(&pid_file) {
+            if new != pid {
+                println!(
+                    "wsedge: upgraded: process {new} serves; process {pid} drains its connections and exits"
+                );
+                return ExitCode::SUCCESS;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    eprintln!(
+        "wsedge: {} still names process {pid} after {limit:?}: the upgrade failed (the log says why); process {pid} goes on serving",
+        pid_file.display()
+    );
+    ExitCode::FAILURE
+}
+
+/// Checks the configuration file `path`, reads the process id in its
+/// `pid_file`, and sends `sig` to that process. Returns the id and the pid
+/// file; on an error, says why on stderr (nothing was sent).
+fn signal_running(
+    path: &std::path::Path,
+    sig: i32,
+    option: &str,
+    name: &str,
+) -> Result<(i32, PathBuf), ExitCode> {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("wsedge: {e}\nwsedge: nothing sent: fix the file first");
-            return ExitCode::FAILURE;
+            return Err(ExitCode::FAILURE);
         }
     };
     let Some(pid_file) = config.pid_file else {
         eprintln!(
-            "wsedge: {} has no pid_file: set pid_file = \"/run/wsedge.pid\" to use --reload (or send SIGHUP yourself)",
+            "wsedge: {} has no pid_file: set pid_file = \"/run/wsedge.pid\" to use {option} (or send {name} yourself)",
             path.display()
         );
-        return ExitCode::FAILURE;
+        return Err(ExitCode::FAILURE);
     };
-    let pid = match std::fs::read_to_string(&pid_file)
-        .map_err(|e| e.to_string())
-        .and_then(|t| t.trim().parse::<i32>().map_err(|e| e.to_string()))
-    {
-        Ok(pid) if pid > 0 => pid,
-        Ok(_) => {
-            eprintln!("wsedge: {}: not a process id", pid_file.display());
-            return ExitCode::FAILURE;
-        }
+    let pid = match read_pid(&pid_file) {
+        Ok(pid) => pid,
         Err(e) => {
-            eprintln!("wsedge: {}: {e} (is wsedge running?)", pid_file.display());
-            return ExitCode::FAILURE;
+            eprintln!("wsedge: {}: {e}", pid_file.display());
+            return Err(ExitCode::FAILURE);
         }
     };
     // SAFETY: kill takes no pointers; a wrong or stale pid is an error.
-    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+    if unsafe { libc::kill(pid, sig) } != 0 {
         eprintln!(
             "wsedge: cannot signal process {pid} (from {}): {}",
             pid_file.display(),
             std::io::Error::last_os_error()
         );
-        return ExitCode::FAILURE;
+        return Err(ExitCode::FAILURE);
     }
-    println!(
-        "wsedge: sent SIGHUP to process {pid}: it reloads {} (its log says what changed; open connections keep their configuration)",
-        path.display()
-    );
-    ExitCode::SUCCESS
+    Ok((pid, pid_file))
+}
+
+/// The process id in a pid file.
+fn read_pid(pid_file: &std::path::Path) -> Result<i32, String> {
+    let text =
+        std::fs::read_to_string(pid_file).map_err(|e| format!("{e} (is wsedge running?)"))?;
+    match text.trim().parse::<i32>() {
+        Ok(pid) if pid > 0 => Ok(pid),
+        _ => Err("not a process id".into()),
+    }
 }

@@ -14,7 +14,8 @@
 //! log: a failed notification must not stop the proxy.
 //!
 //! The variable is left in the environment, so that a process wsedge
-//! started could notify too; wsedge starts none.
+//! started could notify too: the new process of a binary upgrade
+//! ([`crate::upgrade`]) does, with [`ready_as_main_process`].
 
 use std::ffi::OsStr;
 use std::io;
@@ -32,6 +33,14 @@ const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 /// [`reloading`].
 pub fn ready() -> io::Result<bool> {
     notify("READY=1")
+}
+
+/// Tells systemd that this process is the service's main process now and
+/// is ready (`MAINPID=<pid>` and `READY=1` in one datagram): what a binary
+/// upgrade's new process sends, before the old one exits. systemd accepts
+/// it from a process other than the main one only with `NotifyAccess=all`.
+pub fn ready_as_main_process() -> io::Result<bool> {
+    notify(&main_pid_message(std::process::id()))
 }
 
 /// Tells systemd that a reload began (`RELOADING=1`), with the
@@ -113,6 +122,10 @@ fn send_to(socket: &OsStr, msg: &str) -> io::Result<()> {
 
 fn reloading_message(monotonic_usec: u64) -> String {
     format!("RELOADING=1\nMONOTONIC_USEC={monotonic_usec}")
+}
+
+fn main_pid_message(pid: u32) -> String {
+    format!("MAINPID={pid}\nREADY=1")
 }
 
 fn status_message(text: &str) -> String {
@@ -200,6 +213,8 @@ mod tests {
         assert_eq!(rx.recv(), b"STATUS=serving 3 listeners");
         send_to(rx.path.as_os_str(), &reloading_message(1_234_567)).unwrap();
         assert_eq!(rx.recv(), b"RELOADING=1\nMONOTONIC_USEC=1234567");
+        send_to(rx.path.as_os_str(), &main_pid_message(4321)).unwrap();
+        assert_eq!(rx.recv(), b"MAINPID=4321\nREADY=1");
     }
 
     #[test]
@@ -262,12 +277,14 @@ mod tests {
         match std::env::var("WSEDGE_NOTIFY_TEST_CHILD").as_deref() {
             Ok("send") => {
                 assert!(ready().unwrap());
+                assert!(ready_as_main_process().unwrap());
                 assert!(reloading().unwrap());
                 assert!(status("draining\n2 left").unwrap());
                 assert!(stopping().unwrap());
             }
             Ok("unset") => {
                 assert!(!ready().unwrap());
+                assert!(!ready_as_main_process().unwrap());
                 assert!(!reloading().unwrap());
                 assert!(!status("x").unwrap());
                 assert!(!stopping().unwrap());
@@ -283,6 +300,11 @@ mod tests {
         run_child("send", Some(rx.path.as_os_str()));
         let after = monotonic_usec().unwrap();
         assert_eq!(rx.recv(), b"READY=1");
+        let main_pid = String::from_utf8(rx.recv()).unwrap();
+        assert!(
+            main_pid.starts_with("MAINPID=") && main_pid.ends_with("\nREADY=1"),
+            "{main_pid:?}"
+        );
         let reload = String::from_utf8(rx.recv()).unwrap();
         let usec: u64 = reload
             .strip_prefix("RELOADING=1\nMONOTONIC_USEC=")

@@ -191,8 +191,8 @@ impl Reloader {
                 }
             };
             let actual = socks[0].local_addr().unwrap_or(l.address);
-            for (w, s) in socks.into_iter().enumerate() {
-                added_socks[w].push((l.address, s));
+            for (i, s) in socks.into_iter().enumerate() {
+                added_socks[i % n].push((l.address, s));
             }
             added.push(actual);
         }
@@ -243,6 +243,10 @@ impl Reloader {
         self.current.store(Arc::clone(&generation));
         old.policy.stop();
         moving.bound = config.listeners.iter().map(|l| l.address).collect();
+        for a in &removed {
+            // Not handed to the next binary any more.
+            crate::upgrade::forget(*a);
+        }
         // The health checks and DNS re-resolution follow the new servers
         // (their state is in the slots, which carried over).
         if let Some(h) = moving.health.take() {

@@ -200,8 +200,8 @@ impl Server {
             };
             let socks = bind_all(l.address, l.backlog, n).map_err(bind_error)?;
             addrs.push(socks[0].local_addr().map_err(bind_error)?);
-            for (w, s) in socks.into_iter().enumerate() {
-                per_worker[w].push((l.address, s));
+            for (i, s) in socks.into_iter().enumerate() {
+                per_worker[i % n].push((l.address, s));
             }
         }
         let mut echo: Vec<Option<std::net::TcpListener>> = (0..n).map(|_| None).collect();
@@ -480,12 +480,18 @@ fn check_open_files(config: &Config, workers: usize) {
     }
 }
 
-/// Blocks the calling thread until SIGINT or SIGTERM arrives, reloading
-/// the TLS certificates of `server` on each SIGHUP meanwhile. Call
-/// [`block_shutdown_signals`] first, before any thread is started.
+/// Blocks the calling thread until SIGINT, SIGTERM or SIGUSR2 arrives
+/// (returned: SIGUSR2 asks for a binary upgrade, which the caller starts),
+/// reloading the TLS certificates of `server` on each SIGHUP meanwhile.
+/// Call [`block_shutdown_signals`] first, before any thread is started.
 pub fn wait_for_shutdown_signal(server: &Server) -> i32 {
     loop {
-        let sig = crate::sys::wait_for_signals(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
+        let sig = crate::sys::wait_for_signals(&[
+            libc::SIGINT,
+            libc::SIGTERM,
+            libc::SIGHUP,
+            libc::SIGUSR2,
+        ]);
         if sig != libc::SIGHUP {
             return sig;
         }
@@ -496,8 +502,9 @@ pub fn wait_for_shutdown_signal(server: &Server) -> i32 {
     }
 }
 
-/// Blocks SIGINT, SIGTERM and SIGHUP in this thread and every thread it
-/// starts afterwards, so that [`wait_for_shutdown_signal`] receives them.
+/// Blocks SIGINT, SIGTERM, SIGHUP and SIGUSR2 in this thread and every
+/// thread it starts afterwards, so that [`wait_for_shutdown_signal`]
+/// receives them.
 pub fn block_shutdown_signals() {
-    crate::sys::block_signals(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
+    crate::sys::block_signals(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGUSR2]);
 }

@@ -1,5 +1,6 @@
 //! The few raw system calls wsedge makes itself (socket half-close, signal
-//! masks), each a single `libc` call.
+//! masks, descriptor flags, the upgrade's readiness pipe), each a single
+//! `libc` call.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -126,4 +127,76 @@ pub fn refuse_one_without_fds(
     }
     *reserve = std::fs::File::open("/dev/null").ok();
     answered
+}
+
+/// Sets (`on`) or clears the close-on-exec flag of `fd`. Only `fcntl`,
+/// which is async-signal-safe, and no allocation: callable between `fork`
+/// and `exec`.
+pub fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
+    // SAFETY: `fcntl(F_GETFD)` takes no pointers; a closed fd is EBADF.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let wanted = if on {
+        flags | libc::FD_CLOEXEC
+    } else {
+        flags & !libc::FD_CLOEXEC
+    };
+    if wanted != flags {
+        // SAFETY: as above; F_SETFD takes an int argument.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, wanted) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Whether `fd` is an open descriptor of this process.
+pub fn fd_is_open(fd: RawFd) -> bool {
+    // SAFETY: `fcntl(F_GETFD)` takes no pointers; a closed fd is EBADF.
+    fd >= 0 && unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0
+}
+
+/// A pipe, both ends close-on-exec: `(read, write)`.
+pub fn pipe_cloexec() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut fds: [libc::c_int; 2] = [-1, -1];
+    // SAFETY: `fds` is a valid, writable array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded: both are fresh descriptors that nothing
+    // else owns.
+    let read = unsafe { std::os::fd::OwnedFd::from_raw_fd(fds[0]) };
+    // SAFETY: as above, the other end.
+    let write = unsafe { std::os::fd::OwnedFd::from_raw_fd(fds[1]) };
+    Ok((read, write))
+}
+
+/// Waits up to `timeout` for `fd` to be readable (data, end of file or an
+/// error to read); `Ok(false)` when the time ran out. Retries on EINTR.
+pub fn poll_readable(fd: RawFd, timeout: std::time::Duration) -> io::Result<bool> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: `pfd` is one valid, writable pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if r > 0 {
+            return Ok(true);
+        }
+        if r == 0 {
+            return Ok(false);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
 }

@@ -173,8 +173,21 @@ pub fn spawn(settings: &AdminSettings, view: AdminView) -> io::Result<Admin> {
     if token.is_none() && !settings.address.ip().is_loopback() {
         warn!(address = %settings.address, "the admin endpoint listens beyond loopback without [admin] token_file: anyone who reaches it can drain servers and read the configuration");
     }
-    let listener = TcpListener::bind(settings.address)?;
+    // Inherited from an upgrading process, or bound; handed on either way.
+    let listener = match crate::upgrade::take_inherited(settings.address) {
+        Some(mut socks) if !socks.is_empty() => socks.swap_remove(0),
+        _ => TcpListener::bind(settings.address)?,
+    };
     let addr = listener.local_addr()?;
+    if settings.address.port() != 0 {
+        use std::os::fd::AsRawFd;
+        crate::upgrade::remember(addr, &[listener.as_raw_fd()]);
+    }
+    // Non-blocking, polled: the accept loop sees the stop flag within
+    // POLL_INTERVAL even when the connection that Drop makes to wake it is
+    // accepted by another process (a new one, after an upgrade, shares
+    // this socket).
+    listener.set_nonblocking(true)?;
     let stop = Arc::new(AtomicBool::new(false));
     let auth = Arc::new(Auth {
         token,
@@ -219,17 +232,37 @@ impl Auth {
     }
 }
 
+/// How often a waiting accept loop looks at its stop flag.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
 fn serve(listener: TcpListener, view: AdminView, auth: Arc<Auth>, stop: Arc<AtomicBool>) {
     let views = Views::of(view);
+    use std::os::fd::AsRawFd;
     let in_flight = Arc::new(AtomicUsize::new(0));
-    for conn in listener.incoming() {
+    loop {
         if stop.load(Ordering::Acquire) {
             return;
         }
-        let Ok(stream) = conn else {
-            std::thread::sleep(Duration::from_millis(50));
-            continue;
+        let stream = match listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Err: treated as readable; accept says what is wrong.
+                let _ = crate::sys::poll_readable(listener.as_raw_fd(), POLL_INTERVAL);
+                continue;
+            }
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
         };
+        if stop.load(Ordering::Acquire) {
+            return;
+        }
+        // Blocking, as the request handler expects (Linux does not pass
+        // the listener's O_NONBLOCK on to accepted sockets; not relied on).
+        if stream.set_nonblocking(false).is_err() {
+            continue;
+        }
         while in_flight.load(Ordering::Acquire) >= MAX_IN_FLIGHT {
             std::thread::sleep(Duration::from_millis(5));
         }
