@@ -401,9 +401,31 @@ async fn drain(
         }
         // The close handshakes asked for: let them finish (up to the grace
         // period) before what is left is closed as in a plain stop.
+        // Connections whose handshake was under way when accepting stopped
+        // start relaying after the list was taken: they get their 1001 as
+        // they come.
+        let grace = ctx.current().config.timeouts.shutdown_grace;
+        let stragglers = async {
+            loop {
+                monoio::time::sleep(Duration::from_millis(100)).await;
+                for (slot, tag) in ctx.relay.shutdown.tagged() {
+                    if !tag.closing {
+                        ctx.relay.shutdown.request_close(
+                            slot,
+                            crate::relay::CloseRequest {
+                                why: crate::relay::Ending::Shutdown,
+                                code: crate::proto::close::CloseCode::GOING_AWAY,
+                                reason: "going away",
+                            },
+                        );
+                    }
+                }
+            }
+        };
         monoio::select! {
             _ = ctx.drained() => {}
-            _ = monoio::time::sleep(ctx.current().config.timeouts.shutdown_grace) => {}
+            _ = stragglers => {}
+            _ = monoio::time::sleep(grace) => {}
         }
     };
     monoio::select! {
@@ -448,14 +470,37 @@ async fn accept_loop(
     // misleading 502).
     let mut reserve = std::fs::File::open("/dev/null").ok();
     let answer = crate::proto::handshake::simple_response(503, "server out of file descriptors");
+    // An accept is cancelled, never dropped: with io_uring, an accept that
+    // completes as it is dropped leaves a connection accepted that no one
+    // serves (its client hangs). Cancelled, it either ends unaccepted or
+    // yields the connection, which is then served. The listening socket
+    // may live on in another process (a binary upgrade), still accepting.
+    let mut canceller = monoio::io::Canceller::new();
     loop {
-        let accepted = monoio::select! {
-            r = listener.accept() => r,
-            _ = ctx.relay.shutdown.fired() => return,
-            _ = stop_all.fired() => return,
-            _ = stop.fired() => return,
+        let mut accept = std::pin::pin!(listener.cancelable_accept(canceller.handle()));
+        let done = monoio::select! {
+            r = &mut accept => Some(r),
+            _ = ctx.relay.shutdown.fired() => None,
+            _ = stop_all.fired() => None,
+            _ = stop.fired() => None,
         };
+        let (accepted, last) = match done {
+            Some(r) => (r, false),
+            None => {
+                canceller = canceller.cancel();
+                (accept.await, true)
+            }
+        };
+        if last && accepted.is_err() {
+            return;
+        }
         match accepted {
+            Ok((stream, peer)) if last => {
+                ctx.stats.accepted.inc();
+                ctx.stats.active.inc();
+                monoio::spawn(crate::session::serve(Rc::clone(&ctx), stream, peer, key));
+                return;
+            }
             Ok((stream, peer)) => {
                 ctx.stats.accepted.inc();
                 ctx.stats.active.inc();

@@ -687,3 +687,47 @@ fn tunnel_shutdown_is_bounded_by_the_close_timeout() {
     p.advance(Duration::from_millis(1));
     assert_eq!(p.outcome().map(|o| o.ending), Some(Ending::CloseTimeout));
 }
+
+/// A drain's 1001 crossing the client's own close: the client's close is
+/// the answer to wsedge's, the backend answers wsedge's, and the relay
+/// ends without waiting for the close timeout (in either order).
+#[test]
+fn shutdown_crossing_the_clients_close_ends_at_once() {
+    for client_first in [false, true] {
+        let mut p = pair();
+        if client_first {
+            p.send(
+                Leg::Client,
+                &client_frame(true, op::CLOSE, &close_payload(1000, "")),
+            );
+            p.close(Ending::Shutdown, CloseCode::GOING_AWAY, "going away");
+        } else {
+            p.close(Ending::Shutdown, CloseCode::GOING_AWAY, "going away");
+            p.send(
+                Leg::Client,
+                &client_frame(true, op::CLOSE, &close_payload(1000, "")),
+            );
+        }
+        p.run();
+        let to_backend = frames(&p.take_written(Leg::Backend));
+        assert!(
+            to_backend.iter().any(|f| f.close_code().is_some()),
+            "{client_first}: {to_backend:?}"
+        );
+        p.send(
+            Leg::Backend,
+            &frame(true, op::CLOSE, &close_payload(1001, ""), None),
+        );
+        p.run();
+        let to_client = frames(&p.take_written(Leg::Client));
+        assert!(
+            to_client.iter().any(|f| f.close_code().is_some()),
+            "{client_first}: {to_client:?}"
+        );
+        assert!(
+            p.outcome().is_some(),
+            "{client_first}: the relay ended without the close timeout: {:?}",
+            p.core
+        );
+    }
+}
