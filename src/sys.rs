@@ -152,6 +152,44 @@ pub fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// Marks every descriptor from `first` up close-on-exec. Async-signal-safe
+/// (for a child between fork and exec): `close_range(CLOSE_RANGE_CLOEXEC)`
+/// (Linux 5.11), else `fcntl` on each descriptor below the open-file limit.
+pub fn cloexec_from(first: RawFd) {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range takes no pointers; it only sets flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r == 0 {
+        return;
+    }
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given.
+    let max = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur.min(1 << 20) as RawFd
+    } else {
+        1024
+    };
+    for fd in first..max {
+        // SAFETY: fcntl on a descriptor number; a closed one is EBADF.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
 /// Whether `fd` is an open descriptor of this process.
 pub fn fd_is_open(fd: RawFd) -> bool {
     // SAFETY: `fcntl(F_GETFD)` takes no pointers; a closed fd is EBADF.
@@ -198,5 +236,24 @@ pub fn poll_readable(fd: RawFd, timeout: std::time::Duration) -> io::Result<bool
         if e.kind() != io::ErrorKind::Interrupted {
             return Err(e);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cloexec_from_marks_descriptors_at_and_above() {
+        // SAFETY: dup of stderr; the copy has no close-on-exec flag.
+        let fd = unsafe { libc::dup(2) };
+        assert!(fd > 2);
+        // SAFETY: fcntl on the descriptor just made.
+        let flags = || unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        assert_eq!(flags() & libc::FD_CLOEXEC, 0);
+        cloexec_from(fd);
+        assert_eq!(flags() & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+        // SAFETY: closes only the copy made here.
+        unsafe { libc::close(fd) };
     }
 }

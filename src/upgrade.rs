@@ -329,6 +329,11 @@ pub fn start_new_binary(timeout: Duration) -> Result<u32, UpgradeError> {
     // would close them.
     unsafe {
         cmd.pre_exec(move || {
+            // Nothing else crosses the exec: a socket accepted through
+            // io_uring has no close-on-exec flag, and a client socket the
+            // new process held open would never be closed by this one (its
+            // client would wait for the end of the stream).
+            crate::sys::cloexec_from(3);
             for &fd in &inherit {
                 crate::sys::set_cloexec(fd, false)?;
             }
