@@ -160,8 +160,19 @@ impl Reloader {
                 config.limits.buffer_size
             ));
         }
-        let (tls, tls_warnings) = TlsSetup::build(&config).map_err(|e| format!("TLS: {e}"))?;
+        let (mut tls, tls_warnings) = TlsSetup::build(&config).map_err(|e| format!("TLS: {e}"))?;
         warnings.extend(tls_warnings);
+        let same_listener: Vec<Option<usize>> = config
+            .listeners
+            .iter()
+            .map(|l| {
+                old.config
+                    .listeners
+                    .iter()
+                    .position(|o| o.address == l.address)
+            })
+            .collect();
+        tls.keep_sessions(&old.tls, &same_listener);
         let policy = Shared::start_after(&config, Some((&old.policy, &old.config)))?;
         // New listeners are bound before anything changes; a failure drops
         // what was bound (and stops the new JWKS refreshers).

@@ -396,3 +396,76 @@ fn a_hundred_reloads_under_load() {
         }
     });
 }
+
+/// TLS sessions resume across a reload: the listener keeps its ticket key
+/// and session cache (OpenSSL's client, TLS 1.3 tickets and TLS 1.2 ids).
+#[test]
+fn tls_sessions_resume_across_a_reload() {
+    run(IoDriver::Auto, |driver| async move {
+        let dir = scratch(&format!("tls-{driver:?}")).with_extension("d");
+        std::fs::create_dir_all(&dir).unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+        let text = |route: &str| {
+            format!(
+                "[[listener]]\naddress = \"127.0.0.1:0\"\n[listener.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
+                 [[upstream]]\nname = \"e\"\nservers = [\"builtin:echo\"]\n[[route]]\npath = \"{route}\"\nupstream = \"e\"\n"
+            )
+        };
+        let path = dir.join("wsedge.toml");
+        std::fs::write(&path, text("/")).unwrap();
+        let server = start(driver, &path, 1);
+        let addr = server.addrs[0];
+        let sess = dir.join("sess.pem");
+        let s_client = move |args: &[&str]| {
+            use std::io::Write;
+            let mut child = std::process::Command::new("openssl")
+                .args(["s_client", "-connect", &addr.to_string(), "-ign_eof"])
+                .args(args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("openssl runs");
+            let _ = child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+            let out = child.wait_with_output().unwrap();
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        };
+        let mut generation = 1;
+        for v in ["-tls1_3", "-tls1_2"] {
+            let sess = sess.to_str().unwrap().to_string();
+            let first = {
+                let s = s_client.clone();
+                let sess = sess.clone();
+                tokio::task::spawn_blocking(move || s(&[v, "-sess_out", &sess]))
+                    .await
+                    .unwrap()
+            };
+            assert!(first.contains("New, "), "{v}: {first}");
+            // Another route: a real change, same listener.
+            generation += 1;
+            std::fs::write(&path, text(&format!("/g{generation}"))).unwrap();
+            assert_eq!(server.reload().unwrap().generation, generation);
+            let again = {
+                let s = s_client.clone();
+                tokio::task::spawn_blocking(move || s(&[v, "-sess_in", &sess]))
+                    .await
+                    .unwrap()
+            };
+            assert!(
+                again.contains("Reused, "),
+                "{v} did not resume across the reload: {again}"
+            );
+        }
+        server.shutdown();
+    });
+}

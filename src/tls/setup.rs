@@ -247,6 +247,24 @@ pub struct TlsSetup {
 }
 
 impl TlsSetup {
+    /// After a reload: listener `i` keeps the session ticket key and the
+    /// session cache of the old listener `old_index[i]` (the same address,
+    /// TLS before and after), so that clients resume across the reload.
+    pub fn keep_sessions(&mut self, old: &TlsSetup, old_index: &[Option<usize>]) {
+        for (acc, o) in self.listeners.iter_mut().zip(old_index) {
+            let (Some(acc), Some(o)) = (acc, o) else {
+                continue;
+            };
+            let Some(Some(prev)) = old.listeners.get(*o) else {
+                continue;
+            };
+            let mut c = (*acc.config).clone();
+            c.ticketer = Arc::clone(&prev.config.ticketer);
+            c.session_storage = Arc::clone(&prev.config.session_storage);
+            acc.config = Arc::new(c);
+        }
+    }
+
     /// Loads every certificate and key the configuration names and builds
     /// the rustls configurations. Returns warnings to log (a certificate
     /// expiring soon, verification switched off) with it.
