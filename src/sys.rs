@@ -181,11 +181,10 @@ pub fn cloexec_from(first: RawFd) {
     };
     for fd in first..max {
         // SAFETY: fcntl on a descriptor number; a closed one is EBADF.
-        unsafe {
-            let flags = libc::fcntl(fd, libc::F_GETFD);
-            if flags >= 0 {
-                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
-            }
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags >= 0 {
+            // SAFETY: as above; F_SETFD takes an int argument.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) };
         }
     }
 }
