@@ -444,7 +444,7 @@ fn tls_sessions_resume_across_a_reload() {
         for v in ["-tls1_3", "-tls1_2"] {
             let sess = sess.to_str().unwrap().to_string();
             let first = {
-                let s = s_client.clone();
+                let s = s_client;
                 let sess = sess.clone();
                 tokio::task::spawn_blocking(move || s(&[v, "-sess_out", &sess]))
                     .await
@@ -456,7 +456,7 @@ fn tls_sessions_resume_across_a_reload() {
             std::fs::write(&path, text(&format!("/g{generation}"))).unwrap();
             assert_eq!(server.reload().unwrap().generation, generation);
             let again = {
-                let s = s_client.clone();
+                let s = s_client;
                 tokio::task::spawn_blocking(move || s(&[v, "-sess_in", &sess]))
                     .await
                     .unwrap()
