@@ -230,6 +230,7 @@ impl Server {
             n,
             None,
         ));
+        let relaying = Arc::new(std::sync::atomic::AtomicUsize::new(n));
         for (id, (listeners, echo)) in per_worker.into_iter().zip(echo).enumerate() {
             let (tx, rx) = std::sync::mpsc::channel();
             let (sender, receiver) = control::channel();
@@ -247,6 +248,7 @@ impl Server {
                 echo,
                 generation: Arc::clone(&generation),
                 workers: n,
+                relaying: Arc::clone(&relaying),
                 stats: s,
                 control: receiver,
                 ready: tx,

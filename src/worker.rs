@@ -98,6 +98,11 @@ pub struct WorkerSpec {
     pub stats: Arc<Stats>,
     /// How many workers the server runs.
     pub workers: usize,
+    /// Workers of this server whose connections have not all ended yet
+    /// (starts at `workers`): a worker that serves the built-in echo keeps
+    /// it running until this is zero, since any worker's relays may be
+    /// connected to it.
+    pub relaying: Arc<std::sync::atomic::AtomicUsize>,
     /// The worker's end of its control channel.
     pub control: ControlReceiver,
     /// Tells the starter which driver came up (or why the one configured
@@ -182,6 +187,7 @@ async fn worker_main(spec: WorkerSpec) {
     monoio::spawn(trim_pool(Rc::clone(&ctx.relay.pool)));
     monoio::spawn(crate::rebalance::run(Rc::clone(&ctx), spec.workers));
 
+    let serves_echo = spec.echo.is_some();
     if let Some(echo) = spec.echo {
         match TcpListener::from_std(echo) {
             Ok(l) => {
@@ -223,6 +229,24 @@ async fn worker_main(spec: WorkerSpec) {
         left = ctx.stats.active.get(),
         "worker stopped"
     );
+    // The built-in echo serves every worker's relays (the kernel spreads
+    // its connections over the workers' sockets): keep it answering until
+    // the other workers' connections have ended too, or their closes and
+    // handshakes to it would wait for a timeout.
+    spec.relaying
+        .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    if serves_echo {
+        let grace = ctx.current().config.timeouts.shutdown_grace;
+        let others = async {
+            while spec.relaying.load(std::sync::atomic::Ordering::Acquire) > 0 {
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        monoio::select! {
+            _ = others => {}
+            _ = monoio::time::sleep(grace) => {}
+        }
+    }
 }
 
 /// A worker's accept loops, one per listening socket.

@@ -338,10 +338,50 @@ async fn sigterm_drains_at_a_pace(driver: IoDriver) {
     assert_eq!(status.code(), Some(0));
 }
 
+/// A drain over two workers with the built-in echo: the kernel spreads the
+/// echo's connections over both workers' sockets, so a worker whose own
+/// connections ended first must keep answering the other's. It did not
+/// (io_uring): a relay's 1001 to an echo on a stopped worker waited for the
+/// close timeout (30 s here) instead of its answer.
+async fn a_drain_over_two_workers_waits_for_no_timeout(driver: IoDriver) {
+    let path = scratch_file(
+        &format!("drain2-{driver:?}.toml"),
+        &format!(
+            "workers = 2\nio_driver = \"{}\"\n\
+             [[listener]]\naddress = \"127.0.0.1:0\"\n\
+             [[upstream]]\nname = \"e\"\nservers = [\"builtin:echo\"]\n\
+             [[route]]\npath = \"/\"\nupstream = \"e\"\n\
+             [timeouts]\ndrain_period = \"1s\"\nclose = \"30s\"\nshutdown_grace = \"60s\"\n",
+            driver_arg(driver)
+        ),
+    );
+    let mut p = ProxyProcess::spawn(&["--config", path.to_str().unwrap()]);
+    let addr = p.wait_listening();
+    let mut clients = Vec::new();
+    for _ in 0..16 {
+        clients.push(echo_through(addr).await);
+    }
+    p.signal("TERM");
+    let waits = clients.into_iter().map(|mut ws| async move {
+        let reason = expect_close_code(&mut ws, 1001, "client").await;
+        let _ = ws.flush().await;
+        reason
+    });
+    within_for(
+        Duration::from_secs(10),
+        "every 1001",
+        futures_util::future::join_all(waits),
+    )
+    .await;
+    let status = tokio::task::block_in_place(|| p.wait_exit(Duration::from_secs(10)));
+    assert_eq!(status.code(), Some(0));
+}
+
 both_drivers!(
     default_config_echoes,
     config_file_runs,
     sigterm_exits_0,
     sigint_exits_0,
-    sigterm_drains_at_a_pace
+    sigterm_drains_at_a_pace,
+    a_drain_over_two_workers_waits_for_no_timeout
 );
