@@ -33,6 +33,7 @@ pub mod stats;
 pub mod tls;
 pub mod transport;
 pub mod upgrade;
+pub mod uring;
 pub mod worker;
 
 mod sys;
