@@ -4,4 +4,5 @@
 //! wheel that replaces a timer object per connection.
 
 pub mod bufring;
+pub mod relay;
 pub mod wheel;
