@@ -326,7 +326,17 @@ pub struct Session {
 }
 
 type Relayed = Relay<Stream, Stream>;
-type HandshakeFuture = Pin<Box<dyn Future<Output = Option<(Relayed, Box<Info>)>>>>;
+type HandshakeFuture = Pin<Box<dyn Future<Output = Option<(Handed, Box<Info>)>>>>;
+
+/// Where a connection relays once its handshake is done (moved once, into
+/// the session's state: not boxed on purpose, as for [`State`]).
+#[allow(clippy::large_enum_variant)]
+enum Handed {
+    /// The poll-io driver, in this session's future.
+    Poll(Relayed),
+    /// The worker's relay ring (experimental): its id there.
+    Native(u32),
+}
 
 // The relay is inline on purpose: it is the session's steady state, and
 // boxing it would add an allocation per connection, not save memory.
@@ -334,6 +344,7 @@ type HandshakeFuture = Pin<Box<dyn Future<Output = Option<(Relayed, Box<Info>)>>
 enum State {
     Handshake(HandshakeFuture),
     Relaying(Relayed, Box<Info>),
+    Native(u32, Box<Info>),
     Done,
 }
 
@@ -416,7 +427,10 @@ impl Future for Session {
         loop {
             match &mut this.state {
                 State::Handshake(f) => match ready!(f.as_mut().poll(cx)) {
-                    Some((relay, info)) => this.state = State::Relaying(relay, info),
+                    Some((Handed::Poll(relay), info)) => {
+                        this.state = State::Relaying(relay, info);
+                    }
+                    Some((Handed::Native(id), info)) => this.state = State::Native(id, info),
                     None => {
                         this.state = State::Done;
                         return Poll::Ready(());
@@ -446,7 +460,21 @@ impl Future for Session {
                     }
                     let outcome = ready!(polled);
                     closed(&this.ctx, info, &outcome);
-                    ws_counts(&this.ctx, relay, info, &outcome);
+                    let rtt = [
+                        relay.ping_rtt(crate::relay::Leg::Client),
+                        relay.ping_rtt(crate::relay::Leg::Backend),
+                    ];
+                    ws_counts(&this.ctx, rtt, info, &outcome);
+                    this.state = State::Done;
+                    return Poll::Ready(());
+                }
+                State::Native(id, info) => {
+                    let Some(native) = &this.ctx.native else {
+                        return Poll::Ready(());
+                    };
+                    let outcome = ready!(native.poll_outcome(*id, cx));
+                    closed(&this.ctx, info, &outcome);
+                    ws_counts(&this.ctx, [None, None], info, &outcome);
                     this.state = State::Done;
                     return Poll::Ready(());
                 }
@@ -500,8 +528,7 @@ fn count_retry(ctx: &Ctx, upstream: usize) {
 /// route's messages, frames by opcode and bytes each way; who began the
 /// close and with which code; the protocol error's kind; the last ping
 /// round trip of each leg. Counted once per connection, off the data path.
-fn ws_counts(ctx: &WorkerCtx, relay: &Relayed, info: &Info, outcome: &Outcome) {
-    use crate::relay::Leg;
+fn ws_counts(ctx: &WorkerCtx, rtt: [Option<Duration>; 2], info: &Info, outcome: &Outcome) {
     use crate::stats::close_code_bucket;
     let ws = &ctx.stats.ws;
     ws.endings[outcome.ending.label_index()].inc();
@@ -526,9 +553,9 @@ fn ws_counts(ctx: &WorkerCtx, relay: &Relayed, info: &Info, outcome: &Outcome) {
         Ending::ProtocolError(leg, e) => ws.protocol_errors[leg as usize][e.index()].inc(),
         _ => {}
     }
-    for leg in [Leg::Client, Leg::Backend] {
-        if let Some(rtt) = relay.ping_rtt(leg) {
-            ws.ping_rtt_seconds[leg as usize].observe(rtt);
+    for (leg, rtt) in rtt.into_iter().enumerate() {
+        if let Some(rtt) = rtt {
+            ws.ping_rtt_seconds[leg].observe(rtt);
         }
     }
 }
@@ -585,7 +612,7 @@ async fn start(
     client: TcpStream,
     peer: SocketAddr,
     listener: SocketAddr,
-) -> Option<(Relayed, Box<Info>)> {
+) -> Option<(Handed, Box<Info>)> {
     let _ = client.set_nodelay(true);
     let started = Instant::now();
     let cfg = Arc::clone(&ctx.g.config);
@@ -744,19 +771,40 @@ async fn start(
     drop(pending);
     let route = &cfg.routes[up.route];
     let relay_cfg = RelayConfig::for_route(route, &cfg.timeouts, up.compressed);
-    let mut relay = Relay::new(
-        client,
-        up.backend,
-        up.from_client,
-        up.from_backend,
-        &relay_cfg,
-        Rc::clone(&ctx.relay),
-    );
-    if let Some(policy) = relay_policy(&route.policy.rates, up.expires) {
-        relay.set_policy(policy);
-    }
+    let policy = relay_policy(&route.policy.rates, up.expires);
+    let handed = match (&ctx.native, client, up.backend) {
+        (Some(native), Stream::Tcp(c), Stream::Tcp(b)) => {
+            match (crate::transport::into_fd(c), crate::transport::into_fd(b)) {
+                (Ok(c), Ok(b)) => {
+                    let mut core = crate::relay::Core::new(&relay_cfg, Instant::now());
+                    if let Some(policy) = policy {
+                        core.set_policy(policy);
+                    }
+                    Handed::Native(native.add(c, b, core, up.from_client, up.from_backend))
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    warn!(worker = ctx.id, "native relay: taking the sockets: {e}");
+                    return None;
+                }
+            }
+        }
+        (_, client, backend) => {
+            let mut relay = Relay::new(
+                client,
+                backend,
+                up.from_client,
+                up.from_backend,
+                &relay_cfg,
+                Rc::clone(&ctx.relay),
+            );
+            if let Some(policy) = policy {
+                relay.set_policy(policy);
+            }
+            Handed::Poll(relay)
+        }
+    };
     Some((
-        relay,
+        handed,
         Box::new(Info {
             peer: up.client,
             path: up.path,

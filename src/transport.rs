@@ -125,6 +125,15 @@ impl Transport for Stream {
     }
 }
 
+/// Takes a poll-io socket out of monoio (for the native relay ring).
+pub fn into_fd(s: TcpStreamPoll) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let s = s.try_into_comp_io().map_err(|(e, _)| e)?;
+    let fd = s.into_raw_fd();
+    // SAFETY: monoio gave up the descriptor; nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
 /// Switches an accepted or connected socket to poll-style IO.
 pub fn into_poll(s: monoio::net::TcpStream) -> io::Result<TcpStreamPoll> {
     s.try_into_poll_io().map_err(|(e, _)| e)

@@ -48,6 +48,8 @@ pub struct WorkerCtx {
     drained: RefCell<Option<Waker>>,
     /// Rows written by sessions for the admin API's connection list.
     pub reports: RefCell<Vec<crate::control::ConnRow>>,
+    /// The experimental native relay ring (`WSEDGE_NATIVE_RELAY=1`, io_uring).
+    pub native: Option<Rc<crate::uring::native::Native>>,
 }
 
 impl WorkerCtx {
@@ -126,7 +128,7 @@ pub fn run(spec: WorkerSpec) {
     macro_rules! go {
         ($rt:expr, $name:expr) => {{
             let _ = spec.ready.send(Ok($name));
-            $rt.block_on(worker_main(spec))
+            $rt.block_on(worker_main(spec, $name == "io_uring"))
         }};
     }
     match driver {
@@ -168,8 +170,16 @@ pub fn run(spec: WorkerSpec) {
     }
 }
 
-async fn worker_main(spec: WorkerSpec) {
+async fn worker_main(spec: WorkerSpec, uring: bool) {
     let buffer_size = spec.generation.config.limits.buffer_size;
+    let native = (uring && crate::uring::native::wanted())
+        .then(|| {
+            // Receive buffers: 16 KiB each, 4,096 of them per worker.
+            crate::uring::native::Native::new(4096, 16 * 1024)
+                .inspect_err(|e| error!(worker = spec.id, "native relay ring: {e}"))
+                .ok()
+        })
+        .flatten();
     let ctx = Rc::new(WorkerCtx {
         id: spec.id,
         relay: Rc::new(RelayWorker {
@@ -183,7 +193,13 @@ async fn worker_main(spec: WorkerSpec) {
         current: RefCell::new(Rc::new(WorkerGen::new(spec.generation, spec.id))),
         drained: RefCell::new(None),
         reports: RefCell::new(Vec::new()),
+        native,
     });
+    if let Some(n) = &ctx.native {
+        info!(worker = ctx.id, "native relay ring (experimental)");
+        let c = Rc::clone(&ctx);
+        monoio::spawn(Rc::clone(n).run(move || c.relay.shutdown.is_fired()));
+    }
     monoio::spawn(trim_pool(Rc::clone(&ctx.relay.pool)));
     monoio::spawn(crate::rebalance::run(Rc::clone(&ctx), spec.workers));
 

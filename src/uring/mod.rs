@@ -4,5 +4,6 @@
 //! wheel that replaces a timer object per connection.
 
 pub mod bufring;
+pub mod native;
 pub mod relay;
 pub mod wheel;

@@ -130,6 +130,16 @@ impl RelayRing {
         })
     }
 
+    /// Has the kernel signal `efd` with every completion.
+    pub fn register_eventfd(&self, efd: std::os::fd::RawFd) -> io::Result<()> {
+        self.ring.submitter().register_eventfd(efd)
+    }
+
+    /// Submits what is queued, without waiting.
+    pub fn submit(&mut self) -> io::Result<usize> {
+        self.ring.submit()
+    }
+
     /// Connections relayed now.
     pub fn len(&self) -> usize {
         self.conns.len() - self.free.len()
