@@ -174,8 +174,12 @@ async fn worker_main(spec: WorkerSpec, uring: bool) {
     let buffer_size = spec.generation.config.limits.buffer_size;
     let native = (uring && crate::uring::native::wanted())
         .then(|| {
-            // Receive buffers: 16 KiB each, 4,096 of them per worker.
-            crate::uring::native::Native::new(4096, 16 * 1024)
+            // Receive buffers: `limits.buffer_size` each (and the headroom),
+            // 1,024 of them per worker (held only while their bytes are on
+            // the way out; the memory of one never used stays untouched).
+            let size =
+                u32::try_from(buffer_size + crate::uring::bufring::HEADROOM).unwrap_or(u32::MAX);
+            crate::uring::native::Native::new(1024, size)
                 .inspect_err(|e| error!(worker = spec.id, "native relay ring: {e}"))
                 .ok()
         })

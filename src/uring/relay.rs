@@ -31,6 +31,10 @@ const SEND: u64 = 2;
 const SEND_OWN: u64 = 3;
 const CANCEL: u64 = 4;
 
+/// Reap-and-submit rounds in one turn at most (each round's submissions
+/// may complete at once; the bound keeps a turn short).
+const TURN_ROUNDS: usize = 8;
+
 fn user_data(id: u32, kind: u64, leg: Leg) -> u64 {
     u64::from(id) | kind << 32 | (leg as u64) << 40
 }
@@ -112,7 +116,17 @@ impl RelayRing {
     /// A ring of `entries` submission slots with `buffers` receive buffers
     /// of `buffer_size` bytes (headroom included).
     pub fn new(entries: u32, buffers: u16, buffer_size: u32, keys: MaskKeyGen) -> io::Result<Self> {
-        let ring = IoUring::builder().build(entries)?;
+        // One thread submits and reaps (the worker's); completions need no
+        // interrupt of it: their work runs at its next entry to the kernel.
+        // Kernels before 6.0 refuse the flags: then a plain ring.
+        let ring = match IoUring::builder()
+            .setup_coop_taskrun()
+            .setup_single_issuer()
+            .build(entries)
+        {
+            Ok(r) => r,
+            Err(_) => IoUring::builder().build(entries)?,
+        };
         let bufs = BufRing::new(&ring.submitter(), 0, buffers, buffer_size)?;
         let now = Instant::now();
         Ok(RelayRing {
@@ -250,23 +264,33 @@ impl RelayRing {
             Err(e) => return Err(e),
         }
         let now_us = self.micros(now);
-        self.completions.clear();
-        self.completions.extend(
-            self.ring
-                .completion()
-                .map(|c| (c.user_data(), c.result(), c.flags())),
-        );
-        for i in 0..self.completions.len() {
-            let (ud, res, flags) = self.completions[i];
-            self.complete(ud, res, flags, now, now_us);
-        }
-        self.bufs.publish();
-        // Receives that found no buffer: again, now that some came back.
-        for id in std::mem::take(&mut self.starved) {
-            if let Some(c) = &mut self.conns[id as usize] {
-                c.starved = [false; 2];
-                self.service(id, now, now_us);
+        // What the cores ask for in answer often completes at once when
+        // submitted (a send the socket takes, a receive with bytes already
+        // there): reap again in the same turn, a few times, rather than
+        // wait for the next wake-up.
+        for _ in 0..TURN_ROUNDS {
+            self.completions.clear();
+            self.completions.extend(
+                self.ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
+            if self.completions.is_empty() {
+                break;
             }
+            for i in 0..self.completions.len() {
+                let (ud, res, flags) = self.completions[i];
+                self.complete(ud, res, flags, now, now_us);
+            }
+            self.bufs.publish();
+            // Receives that found no buffer: again, now that some came back.
+            for id in std::mem::take(&mut self.starved) {
+                if let Some(c) = &mut self.conns[id as usize] {
+                    c.starved = [false; 2];
+                    self.service(id, now, now_us);
+                }
+            }
+            self.ring.submit()?;
         }
         self.fired.clear();
         self.wheel.advance(now_us, &mut self.fired);
