@@ -414,6 +414,11 @@ async fn drain(
     let paced = async {
         monoio::time::sleep(delay).await;
         stop_accepting.fire();
+        // The native relay ring's connections are not paced yet: they all
+        // get their 1001 now.
+        if let Some(native) = &ctx.native {
+            native.shutdown();
+        }
         let mut slots: Vec<usize> = ctx
             .relay
             .shutdown

@@ -89,6 +89,13 @@ impl Native {
         id
     }
 
+    /// Closes every connection with 1001 "server shutting down".
+    pub fn shutdown(&self) {
+        let mut ring = self.ring.borrow_mut();
+        ring.shutdown(Instant::now());
+        let _ = ring.submit();
+    }
+
     /// Resolves with connection `id`'s outcome when it ends.
     pub fn poll_outcome(&self, id: u32, cx: &mut std::task::Context<'_>) -> Poll<Outcome> {
         let mut slots = self.slots.borrow_mut();
