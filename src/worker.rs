@@ -174,11 +174,10 @@ async fn worker_main(spec: WorkerSpec, uring: bool) {
     let buffer_size = spec.generation.config.limits.buffer_size;
     let native = (uring && crate::uring::native::wanted())
         .then(|| {
-            // Receive buffers: `limits.buffer_size` each (and the headroom),
-            // 1,024 of them per worker (held only while their bytes are on
-            // the way out; the memory of one never used stays untouched).
-            let size =
-                u32::try_from(buffer_size + crate::uring::bufring::HEADROOM).unwrap_or(u32::MAX);
+            // Receive buffers: `limits.buffer_size` each (the headroom
+            // included), up to 1,024 per worker; only those in use and a
+            // few warm ones hold memory.
+            let size = u32::try_from(buffer_size).unwrap_or(u32::MAX);
             crate::uring::native::Native::new(1024, size)
                 .inspect_err(|e| error!(worker = spec.id, "native relay ring: {e}"))
                 .ok()

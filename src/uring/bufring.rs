@@ -45,6 +45,16 @@ pub struct BufRing {
     /// [`BufRing::publish`].
     tail: u16,
     registered: bool,
+    /// Buffers neither in the ring nor handed out, the most recently used
+    /// on top: the ring is refilled from the top, so the same few buffers
+    /// keep being used and the rest stay untouched memory.
+    free: Vec<u16>,
+    /// Buffers in the ring (provided, not yet picked by the kernel).
+    in_ring: u16,
+    /// How many buffers the ring is kept filled with.
+    depth: u16,
+    /// Buffers whose memory was given back to the OS ([`BufRing::trim`]).
+    trimmed: Vec<bool>,
 }
 
 impl std::fmt::Debug for BufRing {
@@ -80,8 +90,11 @@ impl BufRing {
             RING_ALIGN,
         )
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        let bufs_layout = Layout::from_size_align(usize::from(count) * size as usize, 4096)
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let bufs_layout = Layout::from_size_align(
+            usize::from(count) * (size as usize).next_multiple_of(4096),
+            4096,
+        )
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         // SAFETY: the layout's size is not zero (count ≥ 1, 16-byte entries).
         let ring = unsafe { alloc_zeroed(ring_layout) };
         let Some(ring) = NonNull::new(ring.cast::<BufRingEntry>()) else {
@@ -104,10 +117,11 @@ impl BufRing {
             bgid,
             tail: 0,
             registered: false,
+            free: (0..count).rev().collect(),
+            in_ring: 0,
+            depth: count,
+            trimmed: vec![false; usize::from(count)],
         };
-        for bid in 0..count {
-            this.push(bid);
-        }
         this.publish();
         // SAFETY: the ring memory is page aligned, holds `count` entries
         // and lives until `unregister` or, failing that, until `Drop`,
@@ -115,6 +129,12 @@ impl BufRing {
         unsafe { submitter.register_buf_ring(this.ring.as_ptr() as u64, count, bgid)? };
         this.registered = true;
         Ok(this)
+    }
+
+    /// Where buffer `bid` starts in the allocation: buffers are page
+    /// aligned, so a cold one can be given back to the OS.
+    fn offset(&self, bid: u16) -> usize {
+        usize::from(bid) * (self.size as usize).next_multiple_of(4096)
     }
 
     /// The group id to name in a buffer-selecting request.
@@ -140,7 +160,7 @@ impl BufRing {
     /// When `bid` is not a buffer of this group.
     pub fn buf(&mut self, bid: u16) -> &mut [u8] {
         assert!(bid < self.count, "buffer {bid} is not in the group");
-        let start = usize::from(bid) * self.size as usize;
+        let start = self.offset(bid);
         // `start + size` is within the allocation (bid < count);
         // the kernel writes a buffer only while it is in the ring, and the
         // caller holds it out of the ring (a completion named it and it is
@@ -150,11 +170,46 @@ impl BufRing {
         unsafe { std::slice::from_raw_parts_mut(base, self.size as usize) }
     }
 
-    /// Gives buffer `bid` back to the kernel; it is seen once
-    /// [`BufRing::publish`] runs (one store for any number of recycles).
+    /// Gives buffer `bid` back (its bytes are sent): the ring takes it
+    /// again at the next [`BufRing::publish`], before colder ones.
     pub fn recycle(&mut self, bid: u16) {
         assert!(bid < self.count, "buffer {bid} is not in the group");
-        self.push(bid);
+        self.free.push(bid);
+    }
+
+    /// A completion named a buffer: the kernel took it out of the ring.
+    pub fn taken(&mut self) {
+        self.in_ring = self.in_ring.saturating_sub(1);
+    }
+
+    /// Keeps the ring filled with at most `depth` buffers (1 ..= count):
+    /// the memory used is what is handed out plus `depth` buffers; a
+    /// receive that finds the ring empty fails with ENOBUFS and is armed
+    /// again once the ring is refilled.
+    pub fn set_depth(&mut self, depth: u16) {
+        self.depth = depth.clamp(1, self.count);
+    }
+
+    /// Gives the memory of the coldest free buffers back to the OS, all
+    /// but the `keep` most recently used; returns how many.
+    pub fn trim(&mut self, keep: usize) -> usize {
+        let cold = self.free.len().saturating_sub(keep);
+        let mut n = 0;
+        for i in 0..cold {
+            let bid = self.free[i];
+            if self.trimmed[usize::from(bid)] {
+                continue;
+            }
+            let base = self.bufs.as_ptr().wrapping_add(self.offset(bid));
+            // SAFETY: the buffer is ours, neither in the ring nor handed
+            // out; MADV_DONTNEED only drops its pages (they read as zero
+            // when next touched). A range that is not page aligned is
+            // refused by the kernel and the buffer simply stays.
+            unsafe { libc::madvise(base.cast(), self.size as usize, libc::MADV_DONTNEED) };
+            self.trimmed[usize::from(bid)] = true;
+            n += 1;
+        }
+        n
     }
 
     fn push(&mut self, bid: u16) {
@@ -165,18 +220,23 @@ impl BufRing {
         // published tail, and this one is past it.
         let entry = unsafe { &mut *entry };
         // bid < count: within the buffers.
-        let base = self
-            .bufs
-            .as_ptr()
-            .wrapping_add(usize::from(bid) * self.size as usize);
+        let base = self.bufs.as_ptr().wrapping_add(self.offset(bid));
         entry.set_addr(base as u64 + HEADROOM as u64);
         entry.set_len(self.size - HEADROOM as u32);
         entry.set_bid(bid);
         self.tail = self.tail.wrapping_add(1);
     }
 
-    /// Makes the recycled buffers visible to the kernel.
+    /// Refills the ring from the free buffers, most recently used first,
+    /// and makes them visible to the kernel.
     pub fn publish(&mut self) {
+        while self.in_ring < self.depth
+            && let Some(bid) = self.free.pop()
+        {
+            self.trimmed[usize::from(bid)] = false;
+            self.push(bid);
+            self.in_ring += 1;
+        }
         // SAFETY: the ring's first entry is initialised (zeroed at
         // allocation) and page aligned; its `resv` field is the tail.
         let tail = unsafe { BufRingEntry::tail(self.ring.as_ptr()) };
@@ -279,6 +339,7 @@ mod tests {
             assert_eq!(c.user_data(), 42);
             assert!(cqueue::more(c.flags()), "multishot goes on");
             let bid = cqueue::buffer_select(c.flags()).expect("a buffer was picked");
+            bufs.taken();
             let n = c.result() as usize;
             got.push((bid, bufs.buf(bid)[HEADROOM..HEADROOM + n].to_vec()));
         }
@@ -301,6 +362,7 @@ mod tests {
         ring.submit().unwrap();
         let c = next(&mut ring);
         let bid = cqueue::buffer_select(c.flags()).unwrap();
+        bufs.taken();
         assert_eq!(bid, got[0].0, "the recycled buffer");
         let n = c.result() as usize;
         let b = bufs.buf(bid);
@@ -335,6 +397,7 @@ mod tests {
         a_peer.write_all(b"relayed").unwrap();
         let c = next(&mut ring);
         let bid = cqueue::buffer_select(c.flags()).unwrap();
+        bufs.taken();
         let n = c.result() as usize;
         let data = bufs.buf(bid)[HEADROOM..HEADROOM + n].as_ptr();
         let send = opcode::Send::new(types::Fd(b.as_raw_fd()), data, n as u32)

@@ -31,6 +31,14 @@ const SEND: u64 = 2;
 const SEND_OWN: u64 = 3;
 const CANCEL: u64 = 4;
 
+/// Buffers kept in the kernel's ring at once (the memory touched is these
+/// and the ones whose bytes are on the way out).
+const RING_DEPTH: u16 = 32;
+
+/// Free buffers kept warm; the memory of colder ones goes back to the OS
+/// once a second.
+const WARM_BUFFERS: usize = 16;
+
 /// Reap-and-submit rounds in one turn at most (each round's submissions
 /// may complete at once; the bound keeps a turn short).
 const TURN_ROUNDS: usize = 8;
@@ -101,6 +109,8 @@ pub struct RelayRing {
     completions: Vec<(u64, i32, u32)>,
     fired: Vec<u32>,
     starved: Vec<u32>,
+    /// When the cold buffers were last given back (µs).
+    trimmed_at: u64,
 }
 
 impl std::fmt::Debug for RelayRing {
@@ -127,7 +137,8 @@ impl RelayRing {
             Ok(r) => r,
             Err(_) => IoUring::builder().build(entries)?,
         };
-        let bufs = BufRing::new(&ring.submitter(), 0, buffers, buffer_size)?;
+        let mut bufs = BufRing::new(&ring.submitter(), 0, buffers, buffer_size)?;
+        bufs.set_depth(RING_DEPTH);
         let now = Instant::now();
         Ok(RelayRing {
             ring,
@@ -141,6 +152,7 @@ impl RelayRing {
             completions: Vec::new(),
             fired: Vec::new(),
             starved: Vec::new(),
+            trimmed_at: 0,
         })
     }
 
@@ -302,6 +314,10 @@ impl RelayRing {
                 self.service(id, now, now_us);
             }
         }
+        if now_us.saturating_sub(self.trimmed_at) >= 1_000_000 {
+            self.trimmed_at = now_us;
+            self.bufs.trim(WARM_BUFFERS);
+        }
         self.bufs.publish();
         self.ring.submit()?;
         Ok(())
@@ -321,12 +337,14 @@ impl RelayRing {
                 if c.cancelled {
                     // The relay is over: whatever came is not relayed.
                     if let Some(bid) = cqueue::buffer_select(flags) {
+                        self.bufs.taken();
                         self.bufs.recycle(bid);
                     }
                 } else if res > 0 {
                     let Some(bid) = cqueue::buffer_select(flags) else {
                         return;
                     };
+                    self.bufs.taken();
                     let buf = self.bufs.buf(bid);
                     let mut carry = [0u8; HEADROOM];
                     let k = c.core.begin_read(leg, &mut carry);
